@@ -1,0 +1,109 @@
+"""Configuration of the Ray Serve application: the contract between ModelServe and the server.
+
+The operator renders :class:`ServeAppConfig` into a RayService's ``serveConfigV2`` as the
+application's ``args``; ``hnav serve --config FILE`` reads the same model from YAML. Only
+pydantic is imported here, so the operator can use it without Ray or torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from healthnav.schema import CamelModel
+
+IMPORT_PATH = "healthnav.serving.app:build_app"
+"""What a RayService's serveConfigV2 names as the application's import_path."""
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class AdapterRef(CamelModel):
+    """A LoRA adapter the server can route to by name (the request's ``model`` field)."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", max_length=63)
+    uri: str
+    """s3:// or file:// prefix holding adapter_config.json + adapter weights."""
+
+
+class EngineArgs(CamelModel):
+    """Engine knobs; vLLM-specific ones are ignored by the transformers engine."""
+
+    max_model_len: int = Field(default=4096, ge=128, le=131072)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    max_loras: int = Field(default=4, ge=1, le=64)
+    """Adapters resident at once per replica (vLLM max_loras; also the LRU size)."""
+    max_lora_rank: int = Field(default=16)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enforce_eager: bool = False
+
+    @model_validator(mode="after")
+    def _rank_supported(self) -> EngineArgs:
+        if self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"maxLoraRank must be one of {VLLM_LORA_RANKS}")
+        return self
+
+
+class AutoscalingSpec(CamelModel):
+    """Ray Serve autoscaling; ModelServe.spec.autoscaling maps onto it one to one."""
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=4, ge=1, le=1000)
+    target_ongoing_requests: float = Field(default=8, gt=0)
+    upscale_delay_seconds: float = Field(default=30, ge=0)
+    downscale_delay_seconds: float = Field(default=600, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        return self
+
+
+class LimitsSpec(CamelModel):
+    """Request limits and backpressure: overload answers 503 + Retry-After, never queues forever."""
+
+    max_prompt_chars: int = Field(default=16000, ge=1)
+    max_tokens: int = Field(default=1024, ge=1)
+    max_ongoing_requests: int = Field(default=32, ge=1)
+    max_queued_requests: int = Field(default=64, ge=-1)
+    request_timeout_seconds: float = Field(default=120, gt=0)
+
+
+class ServeAppConfig(CamelModel):
+    """Arguments of ``healthnav.serving.app:build_app``."""
+
+    model_name: str = "base"
+    """Name under which the base model is listed in /v1/models."""
+    base_model: str
+    """s3:// or file:// prefix, local path, or hub id of the base model."""
+    engine: Literal["vllm", "transformers"] = "vllm"
+    engine_args: EngineArgs = Field(default_factory=EngineArgs)
+    adapters: list[AdapterRef] = Field(default_factory=list)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    num_gpus_per_replica: float = Field(default=1, ge=0)
+    num_cpus_per_replica: float = Field(default=1, ge=0)
+    api_keys_env: str | None = "HEALTHNAV_API_KEYS"
+    """Environment variable holding comma-separated API keys; unset or empty disables auth."""
+    adapters_prefix: str | None = None
+    """s3:// or file:// prefix under which ``<name>/adapter/`` (or ``<name>/``) adapters are found by
+    name: a request for an unknown model ``X`` loads ``<prefix>/X/adapter/`` if it exists, so a
+    fine-tune uploaded after the server started is servable without a restart. Typically the
+    operator's fine-tune output ``s3://models/finetunes/<namespace>/``."""
+    adapter_discovery_ttl_seconds: float = Field(default=10, ge=0)
+    """How long a lookup under ``adapters_prefix`` (found or not found) is cached."""
+    adapter_cache_dir: str = "/tmp/healthnav/adapters"
+    adapter_cache_max_bytes: int = Field(default=2 << 30, ge=1)
+    """Local disk budget for downloaded adapters; least recently used are evicted first."""
+    price_per_gpu_hour: float = Field(default=0.8, ge=0)
+    """Used only to estimate cost per query in responses and metrics."""
+
+    @model_validator(mode="after")
+    def _unique_adapters(self) -> ServeAppConfig:
+        names = [a.name for a in self.adapters]
+        if len(names) != len(set(names)):
+            raise ValueError("adapter names must be unique")
+        if self.model_name in names:
+            raise ValueError("an adapter cannot share the base model's name")
+        return self

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real local control plane and S3 server (see healthnav.devenv)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from healthnav.devenv.cluster import LocalCluster
+from healthnav.devenv.s3 import LocalS3
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if any(item.get_closest_marker("gpu") for item in items) and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); runs where one exists")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A real S3-protocol server on 127.0.0.1; AWS_* variables point boto3 at it for the session."""
+    from healthnav.datapipe.storage import reset_clients
+
+    server = LocalS3(f"pytest-{os.getpid()}", tmp_path_factory.mktemp("s3"), tie_to_parent=True).up()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    reset_clients()
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reset_clients()
+    server.down()
+
+
+@pytest.fixture
+def s3_bucket(s3: LocalS3) -> str:
+    """A fresh, empty bucket for one test; returns its name."""
+    return s3.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) on 127.0.0.1."""
+    local = LocalCluster(f"pytest-{os.getpid()}", tmp_path_factory.mktemp("cluster"), tie_to_parent=True)
+    local.up()
+    yield local
+    local.down()

@@ -152,7 +152,9 @@ class LocalCluster:
     def down(self, keep_certs: bool = False) -> None:
         """Stop every component and delete the cluster's data: no process or port survives."""
         state = self._load_state()
-        processes.stop([p for p in state.pids.values() if p])
+        # Test data only: a short grace period, then SIGKILL (the API server otherwise drains
+        # watches for up to a minute).
+        processes.stop([p for p in state.pids.values() if p], timeout=3.0)
         if keep_certs:
             for sub in ("etcd", "state.json"):
                 path = self.state_dir / sub

@@ -86,7 +86,9 @@ def format_assessment_input(case: PatientCase) -> str:
     """The input block of an assessment prompt; datapipe's app reader and the server share it."""
     lines = []
     if case.age is not None:
-        lines.append(f"Age: {case.age}")
+        # HIPAA Safe Harbor aggregates ages over 89; training data can only carry "90 or older",
+        # so live requests are rendered the same way (no train/serve skew).
+        lines.append(f"Age: {case.age}" if case.age < 90 else "Age: 90 or older")
     if case.sex:
         lines.append(f"Sex: {case.sex}")
     lines.append(f"Symptoms: {case.symptoms.strip()}")

@@ -148,6 +148,7 @@ def write_bytes(uri: str | StorageURI, data: bytes, content_type: str = "applica
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
             tmp.write(data)
+        os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates 0600; artifacts are meant to be shared
         os.replace(tmp.name, path)
         return
     s3_client().put_object(

@@ -1,0 +1,71 @@
+"""De-identification: recall on a labelled set, clinical content kept, fail-closed quarantine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from healthnav.datapipe.deid import Deidentifier, measure_recall
+
+pytestmark = pytest.mark.unit
+LABELLED = Path(__file__).parent / "data" / "deid_labelled.jsonl"
+
+
+@pytest.fixture(scope="module")
+def deid() -> Deidentifier:
+    return Deidentifier()
+
+
+def test_recall_on_labelled_set_and_clinical_content_survives(deid: Deidentifier) -> None:
+    examples = [json.loads(line) for line in LABELLED.read_text().splitlines() if line.strip()]
+    report = measure_recall(deid, examples)
+    # measured 0.945 (52/55) when written; a regression below 0.9 means identifiers leak
+    assert report.identifiers >= 50
+    assert report.recall >= 0.9, report.missed
+    assert report.clinical_retention >= 0.95
+    for kind in ("PHONE", "EMAIL", "SSN", "DATE", "AGE", "MRN"):
+        caught, total = report.by_type[kind]
+        assert caught == total, kind
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Call me on (555) 123-4567 tomorrow", "Call me on [PHONE] tomorrow"),
+        ("DOB: 03/14/1961, SSN 123-45-6789", "DOB: [DATE], SSN [SSN]"),
+        ("My grandmother is 94 years old", "My grandmother is [AGE] years old"),
+        ("email jo.bloggs+x@mail.co.uk now", "email [EMAIL] now"),
+    ],
+)
+def test_typed_placeholders(deid: Deidentifier, text: str, expected: str) -> None:
+    assert deid.scrub(text).text == expected
+
+
+def test_clinical_text_is_untouched(deid: Deidentifier) -> None:
+    text = (
+        "72-year-old with BP 150/95, HR 88, SpO2 94%. Metformin 500 mg twice daily for 3 years; "
+        "pain 7/10 since 2019, COVID-19 in 2021, HbA1c 8.1%, take 1/2 tablet at night. Parkinson's disease."
+    )
+    result = deid.scrub(text)
+    assert result.text == text and not result.counts
+    assert deid.residual_risks(text) == []
+
+
+def test_known_identifiers_are_removed_wherever_repeated(deid: Deidentifier) -> None:
+    text = "xiomara said the pain moved to the left side; Xiomara Quennell-Barr lives above the pharmacy"
+    result = deid.scrub(text, [("NAME", "Xiomara Quennell-Barr")])
+    assert "xiomara" not in result.text.lower() and "Quennell" not in result.text
+    assert result.counts["NAME"] == 2
+
+
+def test_counts_by_type(deid: Deidentifier) -> None:
+    r = deid.scrub("Dr. Patel saw me on March 3rd, 2024 and on 2024-04-01; call 617-555-0101")
+    assert dict(r.counts) == {"NAME": 1, "DATE": 2, "PHONE": 1}
+
+
+def test_residual_risk_flags_what_the_scrubber_missed(deid: Deidentifier) -> None:
+    missed = deid.scrub("text me on 0 7 7 0 0 9 0 0 1 2 3 please").text
+    assert "long digit run" in deid.residual_risks(missed)
+    assert deid.residual_risks("my name is [NAME]") == []
+    assert "name cue" in deid.residual_risks("my name is xiomara")

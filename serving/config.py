@@ -30,12 +30,17 @@ class EngineArgs(CamelModel):
     """Engine knobs; vLLM-specific ones are ignored by the transformers engine."""
 
     max_model_len: int = Field(default=4096, ge=128, le=131072)
+    """Longest prompt + completion in tokens (sizes the KV cache)."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """Fraction of GPU memory vLLM may use for weights and KV cache, in (0, 1]."""
     max_loras: int = Field(default=4, ge=1, le=64)
     """Adapters resident at once per replica (vLLM max_loras; also the LRU size)."""
     max_lora_rank: int = Field(default=16)
+    """Largest adapter rank servable (vLLM accepts 8, 16, 32, 64, 128, 256, 320, 512)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weight and activation dtype; auto uses the model's own."""
     enforce_eager: bool = False
+    """Disable CUDA graphs (slower, less memory, faster start)."""
 
     @model_validator(mode="after")
     def _rank_supported(self) -> EngineArgs:
@@ -48,10 +53,15 @@ class AutoscalingSpec(CamelModel):
     """Ray Serve autoscaling; ModelServe.spec.autoscaling maps onto it one to one."""
 
     min_replicas: int = Field(default=1, ge=0, le=1000)
+    """Fewest model replicas kept running (0 scales to zero when idle)."""
     max_replicas: int = Field(default=4, ge=1, le=1000)
+    """Most model replicas (each one holds gpusPerReplica GPUs)."""
     target_ongoing_requests: float = Field(default=8, gt=0)
+    """In-flight requests per replica the autoscaler aims for."""
     upscale_delay_seconds: float = Field(default=30, ge=0)
+    """How long load must stay above target before adding a replica."""
     downscale_delay_seconds: float = Field(default=600, ge=0)
+    """How long load must stay below target before removing a replica."""
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

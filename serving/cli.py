@@ -1,0 +1,77 @@
+"""``hnav serve --config FILE`` runs the app on a local Ray; ``hnav serve redflags TEXT`` shows the rules.
+
+Only typer is imported at module level: ``hnav --help`` and the operator must not load Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+
+
+def load_config(path: Path):  # -> ServeAppConfig
+    """Read a ServeAppConfig from YAML or JSON; errors name the file and the field."""
+    import yaml
+    from healthnav.serving.config import ServeAppConfig
+    from pydantic import ValidationError
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--config") from exc
+    try:
+        return ServeAppConfig.model_validate(data or {})
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(f"{path}: {errors}", param_hint="--config") from exc
+
+
+@app.callback()
+def serve_command(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, "--config", "-c", help="ServeAppConfig YAML (camelCase keys)."),
+    host: str = typer.Option("127.0.0.1", help="HTTP bind address of Ray Serve's proxy."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    num_cpus: int | None = typer.Option(None, help="CPUs for the local Ray (default: all)."),
+) -> None:
+    """Run the serving app on a local Ray until interrupted."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
+    cfg = load_config(config)
+
+    import ray
+    from healthnav.serving.app import build_app
+    from ray import serve
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(cfg.to_dict()), name="healthnav", route_prefix="/", blocking=False)
+    typer.echo(f"serving {cfg.model_name!r} ({cfg.engine}) on http://{host}:{port}/v1 (Ctrl-C stops)")
+    try:
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@app.command("redflags")
+def redflags_command(
+    text: str = typer.Argument(..., help="Symptom text, as a patient would type it."),
+    history: str = typer.Option("", help="Medical history (adds cardiac history to chest pain)."),
+) -> None:
+    """Print what the deterministic red-flag layer finds, as one JSON object."""
+    from healthnav.serving.redflags import red_flag_report
+
+    typer.echo(json.dumps(red_flag_report(text, history=history)))

@@ -1,0 +1,361 @@
+"""Engine abstraction: the rest of the server does not care whether vLLM or transformers generates.
+
+An engine turns a rendered prompt into a stream of :class:`Chunk` objects, optionally through a
+named LoRA adapter it was given a local path for. The transformers engine (CPU or GPU, with peft
+adapters) is what tests and laptops run; :mod:`healthnav.serving.vllm_engine` is the production
+GPU engine with continuous batching. Heavy libraries are imported inside the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from healthnav.serving.config import ServeAppConfig
+
+log = logging.getLogger(__name__)
+
+
+class EngineRequestError(ValueError):
+    """A request the engine cannot serve as asked (too long a prompt, ...): the client's fault, a 4xx."""
+
+    def __init__(self, message: str, *, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters shared by every engine (OpenAI semantics: temperature 0 is greedy)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Chunk:
+    """One streamed piece of a generation; the last one carries ``finish_reason``."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "error": self.error,
+        }
+
+
+class Engine(Protocol):
+    """What the LLM deployment needs from an engine."""
+
+    max_model_len: int
+
+    async def add_adapter(self, name: str, path: Path) -> None: ...
+
+    async def remove_adapter(self, name: str) -> None: ...
+
+    def generate(
+        self, prompt: str, sampling: Sampling, *, adapter: str | None, request_id: str
+    ) -> AsyncIterator[Chunk]: ...
+
+
+@dataclass
+class StopBuffer:
+    """Streams text while cutting at the first stop string, even one split across chunks.
+
+    Text that could still be the start of a stop string is held back until the next chunk
+    decides; what is emitted is never retracted.
+    """
+
+    stops: tuple[str, ...]
+    _pending: str = ""
+    stopped: bool = False
+    _hold: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.stops = tuple(s for s in self.stops if s)
+        self._hold = max((len(s) for s in self.stops), default=1) - 1
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self._pending += text
+        hits = [i for s in self.stops if (i := self._pending.find(s)) >= 0]
+        if hits:
+            self.stopped = True
+            out, self._pending = self._pending[: min(hits)], ""
+            return out
+        if self._hold == 0:
+            out, self._pending = self._pending, ""
+            return out
+        # keep the longest suffix that is a prefix of some stop string
+        keep = 0
+        for n in range(1, min(self._hold, len(self._pending)) + 1):
+            tail = self._pending[-n:]
+            if any(s.startswith(tail) for s in self.stops):
+                keep = n
+        out = self._pending[: len(self._pending) - keep]
+        self._pending = self._pending[len(self._pending) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+
+def check_context(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
+    """Refuse before generating when prompt plus completion cannot fit the context window."""
+    if prompt_tokens + max_tokens > max_model_len:
+        raise EngineRequestError(
+            f"the prompt has {prompt_tokens} tokens; with max_tokens={max_tokens} that exceeds the "
+            f"model's context of {max_model_len} tokens. Shorten the prompt or lower max_tokens.",
+            param="max_tokens" if prompt_tokens < max_model_len else "messages",
+        )
+
+
+def local_model_path(uri: str, cache_root: str | Path) -> str:
+    """A path or hub id transformers/vLLM can open; s3:// models are mirrored to local disk first."""
+    from healthnav.datapipe.storage import StorageURI, download_dir, is_hub_id
+
+    if is_hub_id(uri):
+        return uri
+    u = StorageURI.parse(uri)
+    if u.scheme == "file":
+        return str(u.local_path)
+    dest = Path(cache_root) / "models" / u.bucket / u.key.strip("/")
+    download_dir(u, dest)
+    return str(dest)
+
+
+class _QueueStreamer:
+    """A transformers streamer that hands token ids to an asyncio queue from the generate thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[list[int] | None]) -> None:
+        self.loop, self.queue, self._first = loop, queue, True
+
+    def put(self, value: Any) -> None:
+        if self._first:  # generate() first puts the prompt ids
+            self._first = False
+            return
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, [int(t) for t in value.reshape(-1).tolist()])
+
+    def end(self) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
+
+
+class TransformersEngine:
+    """transformers + peft: one generation at a time per replica, adapters switched per request.
+
+    peft keeps several adapters in one model and activates one per call, so a replica serves
+    the base model and any loaded adapter without reloading weights. Generations are serialised
+    by a lock (adapter selection is model-global state); vLLM is the engine for throughput.
+    """
+
+    def __init__(self, config: ServeAppConfig) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = local_model_path(config.base_model, Path(config.adapter_cache_dir).parent)
+        self.device = "cuda" if torch.cuda.is_available() and config.num_gpus_per_replica > 0 else "cpu"
+        dtype = {
+            "auto": "auto",
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+            "float32": torch.float32,
+        }[config.engine_args.dtype]
+        if self.device == "cpu" and dtype == "auto":
+            dtype = torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        positions = (
+            getattr(self.model.config, "max_position_embeddings", None) or config.engine_args.max_model_len
+        )
+        self.max_model_len = min(config.engine_args.max_model_len, int(positions))
+        self._adapters: set[str] = set()
+        self._lock = threading.Lock()
+        self.waiting = 0
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        await asyncio.to_thread(self._add_adapter_sync, name, path)
+
+    def _add_adapter_sync(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        with self._lock:
+            if name in self._adapters:
+                return
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+            self._adapters.add(name)
+
+    async def remove_adapter(self, name: str) -> None:
+        def _remove() -> None:
+            with self._lock:
+                if name in self._adapters:
+                    self.model.delete_adapter(name)
+                    self._adapters.discard(name)
+
+        await asyncio.to_thread(_remove)
+
+    async def generate(
+        self, prompt: str, sampling: Sampling, *, adapter: str | None, request_id: str
+    ) -> AsyncIterator[Chunk]:
+        if adapter is not None and adapter not in self._adapters:
+            raise EngineRequestError(f"adapter {adapter!r} is not loaded on this replica", param="model")
+        ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        prompt_tokens = int(ids.shape[-1])
+        check_context(prompt_tokens, sampling.max_tokens, self.max_model_len)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[list[int] | None] = asyncio.Queue()
+        cancel = threading.Event()
+        failure: list[BaseException] = []
+        thread = threading.Thread(
+            target=self._generate_sync,
+            args=(ids, sampling, adapter, _QueueStreamer(loop, queue), cancel, failure),
+            name=f"generate-{request_id}",
+            daemon=True,
+        )
+        self.waiting += 1
+        thread.start()
+        generated: list[int] = []
+        emitted = ""
+        stopper = StopBuffer(sampling.stop)
+        try:
+            while (item := await queue.get()) is not None:
+                generated.extend(t for t in item if t != self.tokenizer.eos_token_id)
+                text = self.tokenizer.decode(generated, skip_special_tokens=True)
+                if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
+                    continue
+                delta, emitted = text[len(emitted) :], text
+                out = stopper.feed(delta)
+                if out:
+                    yield Chunk(out, prompt_tokens=prompt_tokens, completion_tokens=len(generated))
+                if stopper.stopped:
+                    cancel.set()
+                    break
+            if failure:
+                raise failure[0]
+            tail = stopper.flush()
+            finish = "stop" if stopper.stopped or len(generated) < sampling.max_tokens else "length"
+            yield Chunk(tail, finish, prompt_tokens, len(generated))
+        finally:
+            cancel.set()  # client went away or we stopped: free the replica quickly
+
+    def _generate_sync(
+        self,
+        ids: Any,
+        sampling: Sampling,
+        adapter: str | None,
+        streamer: _QueueStreamer,
+        cancel: threading.Event,
+        failure: list[BaseException],
+    ) -> None:
+        import contextlib
+
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                return cancel.is_set()
+
+        try:
+            with self._lock:
+                self.waiting -= 1
+                if cancel.is_set():
+                    return
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                greedy = sampling.temperature <= 0
+                kwargs: dict[str, Any] = {
+                    "max_new_tokens": sampling.max_tokens,
+                    "do_sample": not greedy,
+                    "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    "eos_token_id": self.tokenizer.eos_token_id,
+                    "streamer": streamer,
+                    "stopping_criteria": StoppingCriteriaList([_Cancel()]),
+                }
+                if not greedy:
+                    kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+                ctx: Any = contextlib.nullcontext()
+                if self._adapters:
+                    if adapter is None:
+                        ctx = self.model.disable_adapter()
+                    else:
+                        self.model.set_adapter(adapter)
+                started = time.perf_counter()
+                with ctx, torch.inference_mode():
+                    self.model.generate(input_ids=ids.to(self.device), **kwargs)
+                log.debug("generation took %.3fs", time.perf_counter() - started)
+        except BaseException as exc:  # surfaced to the caller by generate()
+            failure.append(exc)
+            streamer.end()
+
+
+class EchoEngine:
+    """A zero-cost engine for load tests and benchmarks: isolates the serving layer's own overhead.
+
+    It emits ``max_tokens`` one-word chunks, optionally ``token_delay_s`` apart, so latency and
+    throughput measured through HTTP are the router, Ray Serve and SSE, not a model.
+    """
+
+    def __init__(self, config: ServeAppConfig, token_delay_s: float = 0.0) -> None:
+        self.max_model_len = config.engine_args.max_model_len
+        self.token_delay_s = token_delay_s
+
+    async def add_adapter(self, name: str, path: Path) -> None:
+        return None
+
+    async def remove_adapter(self, name: str) -> None:
+        return None
+
+    async def generate(
+        self, prompt: str, sampling: Sampling, *, adapter: str | None, request_id: str
+    ) -> AsyncIterator[Chunk]:
+        prompt_tokens = len(prompt.split())
+        check_context(prompt_tokens, sampling.max_tokens, self.max_model_len)
+        for i in range(1, sampling.max_tokens + 1):
+            if self.token_delay_s:
+                await asyncio.sleep(self.token_delay_s)
+            last = i == sampling.max_tokens
+            yield Chunk("ok ", "length" if last else None, prompt_tokens, i)
+
+
+def make_engine(
+    config: ServeAppConfig, factory: str | None = None, options: dict[str, Any] | None = None
+) -> Engine:
+    """The engine the configuration names; vLLM is imported only when chosen.
+
+    ``factory`` ("module:Class") overrides the choice for benchmarks and load tests only; it is
+    not part of ServeAppConfig, so a ModelServe can never select it.
+    """
+    if factory:
+        import importlib
+
+        module, _, name = factory.partition(":")
+        return getattr(importlib.import_module(module), name)(config, **(options or {}))
+    if config.engine == "transformers":
+        return TransformersEngine(config)
+    from healthnav.serving.vllm_engine import VLLMEngine
+
+    return VLLMEngine(config)

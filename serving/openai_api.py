@@ -1,0 +1,291 @@
+"""OpenAI-compatible request and response shapes, and the pure functions that build them.
+
+Kept free of Ray and FastAPI so the wire format is unit-tested on its own; ``app.py`` only wires
+these to HTTP. Unknown request fields are ignored (as OpenAI-compatible servers commonly do) so
+newer client versions keep working; fields we cannot honour (``n`` > 1) are refused with a 400.
+
+Chat requests are rendered with :func:`healthnav.datapipe.prompts.render_chat`, the same
+template the model was trained on. ``/v1/completions`` sends the prompt verbatim: that is what a
+completion is, and it lets callers reproduce a training prompt exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from healthnav.datapipe.prompts import render_chat
+from healthnav.serving.config import LimitsSpec
+from healthnav.serving.engine import EngineRequestError, Sampling
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
+    model: str = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    def stop_tuple(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and len(v) != 1:
+            raise ValueError("exactly one prompt is supported")
+        return v
+
+    def text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+
+# --- responses (documented in OpenAPI; built as plain dicts on the hot path) ---------------------
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "healthnav"
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: dict[str, Any]
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+def error_body(
+    message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def chat_prompt(req: ChatCompletionRequest, limits: LimitsSpec) -> str:
+    """The model prompt for a chat request, after the prompt-size limit."""
+    messages = [
+        {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages
+    ]
+    check_prompt_size(sum(len(m["content"]) for m in messages), limits, "messages")
+    try:
+        return render_chat(messages)
+    except ValueError as exc:
+        raise EngineRequestError(str(exc), param="messages") from exc
+
+
+def completion_prompt(req: CompletionRequest, limits: LimitsSpec) -> str:
+    text = req.text()
+    check_prompt_size(len(text), limits, "prompt")
+    if not text:
+        raise EngineRequestError("prompt must not be empty", param="prompt")
+    return text
+
+
+def check_prompt_size(chars: int, limits: LimitsSpec, param: str) -> None:
+    if chars > limits.max_prompt_chars:
+        raise EngineRequestError(
+            f"{param} has {chars} characters; this server accepts at most {limits.max_prompt_chars}",
+            param=param,
+        )
+
+
+def sampling_for(req: _Sampling, limits: LimitsSpec, *, default_max_tokens: int | None = None) -> Sampling:
+    """Engine sampling parameters, enforcing the server's max_tokens limit with a clear message."""
+    requested = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    max_tokens = requested or default_max_tokens or limits.max_tokens
+    if max_tokens > limits.max_tokens:
+        raise EngineRequestError(
+            f"max_tokens={max_tokens} exceeds this server's limit of {limits.max_tokens}", param="max_tokens"
+        )
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=req.stop_tuple(),
+        seed=req.seed,
+    )
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_completion(rid: str, model: str, text: str, finish: str | None, pt: int, ct: int) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": usage(pt, ct),
+    }
+
+
+def text_completion(rid: str, model: str, text: str, finish: str | None, pt: int, ct: int) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "usage": usage(pt, ct),
+    }
+
+
+def chat_chunk(
+    rid: str,
+    model: str,
+    created: int,
+    *,
+    content: str | None = None,
+    role: str | None = None,
+    finish: str | None = None,
+) -> dict[str, Any]:
+    delta: dict[str, str] = {}
+    if role:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def completion_chunk(
+    rid: str, model: str, created: int, text: str, finish: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def usage_chunk(rid: str, model: str, created: int, obj: str, pt: int, ct: int) -> dict[str, Any]:
+    """The final chunk OpenAI sends when ``stream_options.include_usage`` is set."""
+    return {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage(pt, ct),
+    }
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event; ``[DONE]`` ends an OpenAI stream."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n"

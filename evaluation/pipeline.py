@@ -1,0 +1,329 @@
+"""``run_evaluation``: the whole evaluation of one fine-tune, from config to stored artifacts.
+
+Columns of the comparison:
+
+* ``candidate`` — base + adapter in-process, or the served model behind ``endpoint`` (what
+  users get), or the bare base model when neither is given;
+* ``base`` — the base model without adapter (in-process, or by ``endpointBaseModel`` name
+  through the same endpoint), the yardstick of "no worse than base";
+* ``reference`` — recorded answers of the API being replaced (JSONL, no network).
+
+Artifacts, under ``<output>/eval/`` through :mod:`healthnav.datapipe.storage` (s3:// or
+file://): ``metrics.json`` (layout below), ``report.md``, ``report.html``, ``metrics.png``,
+``latency.png``, ``predictions.jsonl``. ``metrics.json``::
+
+    {"schemaVersion": "1", "dataset": URI, "split": "test", "createdAt": RFC3339,
+     "partial": bool, "passed": bool,            # gates passed (true when no gates)
+     "metrics": {flat numeric candidate metrics}, # what FineTuneJob.status.output.metrics shows
+     "candidate": {...}, "base": {...} | null, "reference": {...} | null,   # full metrics
+     "models": {"candidate": name, ...}, "gates": GateResult, "gatesConfig": {...}, "notes": [...]}
+
+A failure to load the dataset or the reference file raises :class:`EvaluationInputError`
+before any model is loaded; model failures during scoring make results partial instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from healthnav.datapipe import storage
+from healthnav.evaluation.gates import EvaluationGates, GateResult, evaluate_gates
+from healthnav.evaluation.metrics import CostModel
+from healthnav.evaluation.runner import ModelEvaluation
+from healthnav.evaluation.tasks import EvalItem
+from pydantic import Field, model_validator
+
+from healthnav.schema import CamelModel
+
+log = logging.getLogger(__name__)
+
+METRICS_SCHEMA_VERSION = "1"
+EVAL_DIR = "eval/"
+
+
+class EvaluationInputError(ValueError):
+    """The dataset, reference file or configuration is unusable; the message names what and where."""
+
+
+class EvalConfig(CamelModel):
+    """Everything ``hnav eval`` needs; also usable from Python (the trainer or a notebook)."""
+
+    dataset: str = Field(min_length=1)
+    """Dataset prefix (s3://, file:// or a local path) with manifest.json and a test split."""
+    base_model: str | None = None
+    """Base model: s3://, file://, a local directory or a hub id. Needed for in-process evaluation."""
+    adapter: str | None = None
+    """LoRA adapter prefix (PEFT directory); the candidate is base + adapter."""
+    endpoint: str | None = None
+    """OpenAI-compatible server (http://host:8000); the candidate is then the served ``model``."""
+    model: str | None = None
+    """Served model name of the candidate (the adapter's name on a healthnav server)."""
+    endpoint_base_model: str | None = None
+    """Served model name of the base model, to compare against it through the endpoint too."""
+    reference: str | None = None
+    """JSONL of prompt -> answer from the API being replaced."""
+    gates: EvaluationGates | None = None
+    output: str = Field(min_length=1)
+    """The fine-tune's output prefix; artifacts go under <output>/eval/."""
+    max_examples: int | None = Field(default=None, ge=1)
+    """Evaluate only the first N test records (quick checks)."""
+    max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    """Per-request timeout against an endpoint."""
+    max_consecutive_failures: int = Field(default=3, ge=1)
+    skip_base: bool = False
+    """Do not evaluate the base model (halves the time; no regression gate then)."""
+    embedding_model: str | None = None
+    """Local sentence-transformers directory; default: the bundled all-MiniLM-L6-v2."""
+    mcq_scoring: Literal["loglikelihood", "generated"] = "loglikelihood"
+    """How multiple choice is scored: option log-likelihoods (lm-evaluation-harness), or the letter the
+    model generates (what a served model without prompt logprobs allows)."""
+    cost: CostModel = Field(default_factory=CostModel)
+    device: str | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> EvalConfig:
+        if self.endpoint is None and self.base_model is None:
+            raise ValueError("give baseModel (in-process evaluation) or endpoint (served model)")
+        if self.endpoint is not None and not self.model:
+            raise ValueError("endpoint needs model: the served model name to evaluate")
+        if self.adapter is not None and self.base_model is None:
+            raise ValueError("adapter needs baseModel")
+        return self
+
+
+class EvalOutcome(CamelModel):
+    """What :func:`run_evaluation` returns (and the CLI prints)."""
+
+    output: str
+    passed: bool
+    partial: bool
+    gate: GateResult
+    metrics: dict[str, float]
+    artifacts: list[str]
+
+
+def load_items(dataset: str, max_examples: int | None = None) -> list[EvalItem]:
+    """The test split as evaluation items; every problem becomes an :class:`EvaluationInputError`."""
+    from healthnav.datapipe.dataset import DatasetError, iter_records
+    from healthnav.evaluation.tasks import TaskError, build_items
+
+    try:
+        records = []
+        for record in iter_records(dataset, split="test"):
+            records.append(record)
+            if max_examples and len(records) >= max_examples:
+                break
+        items = build_items(records)
+    except (DatasetError, TaskError) as exc:
+        raise EvaluationInputError(f"dataset {dataset}: {exc}") from exc
+    if not items:
+        raise EvaluationInputError(f"dataset {dataset}: the test split has no records")
+    return items
+
+
+def local_dir(uri: str, cache: Path, name: str) -> str:
+    """A path transformers can open: local paths as they are, s3:// mirrored, hub ids unchanged."""
+    if storage.is_hub_id(uri):
+        return uri
+    if "://" not in uri:
+        path = Path(uri).expanduser()
+        if not path.exists():
+            raise EvaluationInputError(f"{name} {uri}: no such directory")
+        return str(path)
+    try:
+        parsed = storage.StorageURI.parse(uri)
+    except ValueError as exc:
+        raise EvaluationInputError(f"{name}: {exc}") from exc
+    if parsed.scheme == "file":
+        if not parsed.local_path.exists():
+            raise EvaluationInputError(f"{name} {uri}: no such directory")
+        return str(parsed.local_path)
+    dest = cache / name
+    try:
+        storage.download_dir(parsed, dest)
+    except storage.StorageError as exc:
+        raise EvaluationInputError(f"{name} {uri}: {exc}") from exc
+    return str(dest)
+
+
+def flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """Numeric, non-null metrics only (what a CR status holds)."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and v is not None
+    }
+
+
+def write_artifacts(
+    output: str,
+    models: list[ModelEvaluation],
+    *,
+    gate: GateResult,
+    gates: EvaluationGates | None,
+    dataset: str,
+    items: list[EvalItem],
+    notes: list[str],
+) -> list[str]:
+    """Render the report and plots and store everything under ``<output>/eval/``; returns the URIs."""
+    from healthnav.evaluation import report
+    from healthnav.evaluation.runner import results_jsonl
+
+    try:
+        base = storage.StorageURI.parse(
+            output if "://" in output else "file://" + str(Path(output).resolve())
+        )
+    except ValueError as exc:
+        raise EvaluationInputError(f"output: {exc}") from exc
+    eval_dir = base.as_prefix().join(EVAL_DIR)
+    created = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    by_label = {m.label: m for m in models}
+    candidate = by_label["candidate"]
+    doc = {
+        "schemaVersion": METRICS_SCHEMA_VERSION,
+        "dataset": dataset,
+        "split": "test",
+        "createdAt": created,
+        "partial": any(m.partial for m in models if m.label != "reference"),
+        "passed": gate.passed,
+        "metrics": flat_numeric(candidate.metrics),
+        "candidate": candidate.metrics,
+        "base": by_label["base"].metrics if "base" in by_label else None,
+        "reference": by_label["reference"].metrics if "reference" in by_label else None,
+        "models": {m.label: m.name for m in models},
+        "gates": gate.to_dict(),
+        "gatesConfig": gates.to_dict(exclude_none=True) if gates else None,
+        "notes": notes + [f"{m.label}: {n}" for m in models for n in m.notes],
+    }
+    plots = {"metrics.png": report.metric_bars_png(models), "latency.png": report.latency_png(models)}
+    markdown = report.render_markdown(
+        models,
+        gate=gate,
+        dataset=dataset,
+        n_items=len(items),
+        kinds=dict(Counter(i.kind for i in items)),
+        notes=notes,
+        plots=list(plots),
+        created_at=created,
+    )
+    written = []
+    for name, data in plots.items():
+        storage.write_bytes(eval_dir.join(name), data, "image/png")
+        written.append(str(eval_dir.join(name)))
+    storage.write_text(
+        eval_dir.join("predictions.jsonl"),
+        "".join(report_rows for report_rows in map(results_jsonl, models)),
+        "application/x-ndjson",
+    )
+    storage.write_text(eval_dir.join("report.md"), markdown, "text/markdown; charset=utf-8")
+    storage.write_text(eval_dir.join("report.html"), report.render_html(markdown), "text/html; charset=utf-8")
+    # metrics.json last: a reader that finds it finds the report and plots too.
+    storage.write_text(eval_dir.join("metrics.json"), json.dumps(doc, indent=2) + "\n", "application/json")
+    written += [
+        str(eval_dir.join(n)) for n in ("predictions.jsonl", "report.md", "report.html", "metrics.json")
+    ]
+    return written
+
+
+def run_evaluation(
+    config: EvalConfig,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> EvalOutcome:
+    """Evaluate, compare, gate and store; see the module docstring for what goes where."""
+    from healthnav.evaluation.embeddings import load_embedder
+    from healthnav.evaluation.engines import EndpointEngine, LocalEngine
+    from healthnav.evaluation.reference import ReferenceError, ReferenceIndex, load_reference
+    from healthnav.evaluation.runner import evaluate_engine, evaluate_reference
+
+    items = load_items(config.dataset, config.max_examples)
+    reference = None
+    if config.reference:
+        try:
+            reference = ReferenceIndex.build(load_reference(config.reference))
+        except ReferenceError as exc:
+            raise EvaluationInputError(str(exc)) from exc
+
+    embedder, embed_note = load_embedder(config.embedding_model)
+    notes = [embed_note]
+    kwargs: dict[str, Any] = dict(
+        embedder=embedder,
+        cost=config.cost,
+        max_new_tokens=config.max_new_tokens,
+        max_consecutive_failures=config.max_consecutive_failures,
+        mcq_scoring=config.mcq_scoring,
+    )
+
+    def step(label: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(label, done, total)) if progress else None
+
+    # Each engine is built just before it runs and dropped after, so two 7B models never share memory.
+    plan: list[tuple[str, Callable[[], Any]]] = []
+    with tempfile.TemporaryDirectory(prefix="hnav-eval-") as tmp:
+        cache = Path(tmp)
+        base_dir = local_dir(config.base_model, cache, "base-model") if config.base_model else None
+        adapter_dir = local_dir(config.adapter, cache, "adapter") if config.adapter else None
+        timeout = config.timeout_seconds
+        if not config.skip_base and (config.endpoint or adapter_dir):
+            if config.endpoint and config.endpoint_base_model:
+                name = config.endpoint_base_model
+                plan.append(("base", lambda: EndpointEngine(config.endpoint or "", name, timeout_s=timeout)))
+            elif base_dir is not None:
+                plan.append(
+                    ("base", lambda: LocalEngine(base_dir, device=config.device, name=config.base_model))
+                )
+        if config.endpoint:
+            plan.append(
+                (
+                    "candidate",
+                    lambda: EndpointEngine(config.endpoint or "", config.model or "", timeout_s=timeout),
+                )
+            )
+        elif adapter_dir is not None:
+            plan.append(
+                (
+                    "candidate",
+                    lambda: LocalEngine(
+                        base_dir or "", adapter_dir, device=config.device, name=config.adapter
+                    ),
+                )
+            )
+        else:
+            plan.append(
+                (
+                    "candidate",
+                    lambda: LocalEngine(base_dir or "", device=config.device, name=config.base_model),
+                )
+            )
+        models: list[ModelEvaluation] = []
+        for label, make in plan:
+            engine = make()
+            models.append(evaluate_engine(label, engine, items, progress=step(label), **kwargs))
+            del engine
+    if reference is not None:
+        models.append(evaluate_reference(items, reference, embedder=embedder, cost=config.cost))
+
+    by_label = {m.label: m for m in models}
+    candidate = by_label["candidate"]
+    gate = evaluate_gates(
+        candidate.metrics, by_label["base"].metrics if "base" in by_label else None, config.gates
+    )
+    artifacts = write_artifacts(
+        config.output, models, gate=gate, gates=config.gates, dataset=config.dataset, items=items, notes=notes
+    )
+    return EvalOutcome(
+        output=artifacts[-1].rsplit("/", 1)[0] + "/",
+        passed=gate.passed,
+        partial=candidate.partial,
+        gate=gate,
+        metrics=flat_numeric(candidate.metrics),
+        artifacts=artifacts,
+    )

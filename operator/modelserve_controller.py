@@ -1,0 +1,273 @@
+"""ModelServe reconcile: resolve adapters, apply the RayService, mirror its status.
+
+Level-based like the FineTuneJob controller: every trigger (the ModelServe, its RayService, a
+referenced FineTuneJob, a retry) runs the same :meth:`ModelServeController.reconcile`, which
+looks at the whole current state, so a restart or a missed event cannot leave it stuck.
+
+The RayService is written with server-side apply (field manager ``healthnav-operator``): the
+operator owns exactly the fields it renders, KubeRay owns status, and a field the operator
+stops rendering (an adapter removed) disappears from the object. A hash annotation of the
+rendered object skips writes that would change nothing, so KubeRay status churn costs one GET.
+
+KubeRay not installed is an expected state, not an error: the ModelServe gets
+``Ready=False, reason=KubeRayNotInstalled`` and an Event, and is retried with a backoff
+capped at five minutes (no hot loop, no crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from healthnav.operator import metrics
+from healthnav.operator.finetunejob_controller import validation_message
+from healthnav.operator.finetunejob_spec import API_VERSION as FTJ_API_VERSION
+from healthnav.operator.finetunejob_spec import PLURAL as FTJ_PLURAL
+from healthnav.operator.kube import FIELD_MANAGER, Kube, KubeError, path_for
+from healthnav.operator.modelserve_spec import API_VERSION, KIND, PLURAL, ModelServeSpec
+from healthnav.operator.modelserve_status import (
+    RayServiceView,
+    compute_status,
+    resolve_adapters,
+    status_changed,
+    transition_events,
+)
+from healthnav.operator.rayservice import (
+    DESIRED_HASH_ANNOTATION,
+    RAY_API_VERSION,
+    RAY_SERVICE_PLURAL,
+    ResolvedAdapter,
+    ray_service,
+    service_account,
+)
+from healthnav.operator.settings import OperatorSettings
+
+log = logging.getLogger("healthnav.operator.modelserve")
+
+Key = tuple[str, str]
+MAX_BACKOFF = 300.0
+
+
+def parse_spec(body: Mapping[str, Any]) -> tuple[ModelServeSpec | None, str | None]:
+    try:
+        return ModelServeSpec.model_validate(body.get("spec") or {}), None
+    except ValidationError as exc:
+        return None, validation_message(exc)
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with jitter: 1, 2, 4 … s, capped at five minutes."""
+    return min(MAX_BACKOFF, 2.0 ** max(0, attempt - 1)) * (0.75 + random.random() / 2)
+
+
+class ModelServeController:
+    """Owns reconciliation of ModelServes for one operator process."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._failures: dict[Key, int] = {}
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.phases: dict[Key, str | None] = {}
+        metrics.PHASES.register(KIND, lambda: self.phases)
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer:
+            timer.cancel()
+        for store in (self.phases, self._failures, self._locks):
+            store.pop(key, None)  # type: ignore[attr-defined]
+
+    def requeue(self, key: Key, delay: float) -> None:
+        """Reconcile ``key`` again after ``delay`` seconds (an earlier pending retry wins)."""
+        loop = asyncio.get_running_loop()
+        timer = self._timers.get(key)
+        due = loop.time() + delay
+        if timer is not None and not timer.cancelled() and timer.when() <= due:
+            return
+        if timer is not None:
+            timer.cancel()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            task = asyncio.create_task(self.reconcile_safely(*key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._timers[key] = loop.call_at(due, fire)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    async def reconcile_safely(self, namespace: str, name: str) -> None:
+        """Reconcile; on an unexpected error count it, log it (no spec contents) and retry with backoff."""
+        key = (namespace, name)
+        started = time.perf_counter()
+        try:
+            requeue = await self.reconcile(namespace, name)
+        except Exception as exc:
+            n = self._failures.get(key, 0) + 1
+            self._failures[key] = n
+            delay = backoff(n)
+            metrics.RECONCILES.labels(KIND, "error").inc()
+            metrics.ERRORS.labels(KIND, type(exc).__name__).inc()
+            log.warning(
+                "reconcile of %s/%s failed (%s: %s); retry %d in %.1fs",
+                namespace,
+                name,
+                type(exc).__name__,
+                exc,
+                n,
+                delay,
+            )
+            self.requeue(key, delay)
+            return
+        finally:
+            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
+        metrics.RECONCILES.labels(KIND, "ok").inc()
+        if requeue is not None:
+            self.requeue(key, requeue)
+        else:
+            self._failures.pop(key, None)
+
+    # --- the reconcile --------------------------------------------------------------------
+
+    async def reconcile(self, namespace: str, name: str) -> float | None:
+        """One reconcile of ModelServe ``namespace/name``; returns a requeue delay or None."""
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            for _ in range(self.settings.max_status_retries):
+                ms = await self.kube.run(self.kube.get_or_none, API_VERSION, PLURAL, namespace, name)
+                if ms is None:
+                    self.forget(key)
+                    return None
+                try:
+                    return await self._reconcile_once(key, ms)
+                except KubeError as exc:
+                    if not exc.is_conflict or exc.is_already_exists:
+                        raise
+                    metrics.RECONCILES.labels(KIND, "conflict").inc()
+            raise RuntimeError(f"status of {namespace}/{name} kept conflicting")
+
+    async def _reconcile_once(self, key: Key, ms: dict[str, Any]) -> float | None:
+        namespace = key[0]
+        if ms["metadata"].get("deletionTimestamp"):
+            return None  # garbage collection removes the RayService and ServiceAccount
+        old_status = ms.get("status") or {}
+        spec, spec_error = parse_spec(ms)
+        requeue: float | None = None
+        resolutions = []
+        view = RayServiceView()
+        if spec is not None:
+            jobs = sorted({a.from_fine_tune_job for a in spec.adapters if a.from_fine_tune_job})
+            bodies = await asyncio.gather(
+                *(
+                    self.kube.run(self.kube.get_or_none, FTJ_API_VERSION, FTJ_PLURAL, namespace, j)
+                    for j in jobs
+                )
+            )
+            resolutions = resolve_adapters(
+                spec, dict(zip(jobs, bodies, strict=True)), old_status.get("adapters")
+            )
+            ready = [ResolvedAdapter(r.name, r.uri) for r in resolutions if r.uri is not None]
+            view = await self._apply(ms, spec, ready)
+            if not view.installed:
+                n = self._failures.get(key, 0) + 1
+                self._failures[key] = n
+                requeue = backoff(n) if n > 1 else 5.0
+        new_status = compute_status(ms, spec, spec_error, resolutions, view)
+        if status_changed(old_status, new_status):
+            await self._write_status(key, ms, old_status, new_status)
+        self.phases[key] = new_status.get("phase")
+        return requeue
+
+    async def _apply(
+        self, ms: dict[str, Any], spec: ModelServeSpec, adapters: list[ResolvedAdapter]
+    ) -> RayServiceView:
+        """Make the RayService (and default ServiceAccount) match the spec; observe the result."""
+        meta = ms["metadata"]
+        desired = ray_service(ms, spec, adapters, self.settings)
+        if not await self._kuberay_installed():
+            return RayServiceView(installed=False)
+        current = await self.kube.run(
+            self.kube.get_or_none, RAY_API_VERSION, RAY_SERVICE_PLURAL, meta["namespace"], meta["name"]
+        )
+        if not spec.service_account_name:
+            _, created = await self.kube.run(self.kube.create_or_get, service_account(ms))
+            if created:
+                metrics.CHILDREN_CREATED.labels(KIND, "ServiceAccount").inc()
+        want = desired["metadata"]["annotations"][DESIRED_HASH_ANNOTATION]
+        have = ((current or {}).get("metadata") or {}).get("annotations", {}).get(DESIRED_HASH_ANNOTATION)
+        if current is not None and have == want:
+            return RayServiceView(body=current)
+        try:
+            applied = await self.kube.run(self._server_side_apply, desired)
+        except KubeError as exc:
+            if exc.status in (400, 422):
+                # The RayService CRD rejected what we rendered: report it, do not hot-loop.
+                return RayServiceView(error=f"RayService rejected: {exc.body.get('message') or exc}")
+            raise
+        if current is None:
+            metrics.CHILDREN_CREATED.labels(KIND, "RayService").inc()
+            log.info("created RayService %s/%s", meta["namespace"], meta["name"])
+        return RayServiceView(body=applied)
+
+    async def _kuberay_installed(self) -> bool:
+        """Is ``ray.io/v1 rayservices`` served? (API discovery; cheap, and honest after an install.)"""
+        try:
+            doc = await self.kube.run(self.kube.request, "GET", f"/apis/{RAY_API_VERSION}")
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            return False
+        return any(r.get("name") == RAY_SERVICE_PLURAL for r in doc.get("resources") or [])
+
+    def _server_side_apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        meta = body["metadata"]
+        return self.kube.request(
+            "PATCH",
+            path_for(RAY_API_VERSION, RAY_SERVICE_PLURAL, meta["namespace"], meta["name"]),
+            body=json.dumps(body),
+            content_type="application/apply-patch+yaml",
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+        )
+
+    async def _write_status(
+        self, key: Key, ms: dict[str, Any], old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        namespace, name = key
+        patch_status: dict[str, Any] = dict(new)
+        for gone in set(old) - set(new):
+            patch_status[gone] = None  # merge patch: null deletes
+        patch = {"metadata": {"resourceVersion": ms["metadata"]["resourceVersion"]}, "status": patch_status}
+        written = await self.kube.run(
+            self.kube.merge_patch, API_VERSION, PLURAL, namespace, name, patch, "status"
+        )
+        for event in transition_events(old, new):
+            self._event(written, event.type, event.reason, event.message)
+
+    def _event(self, ms: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event without making the reconcile wait for (or fail on) it."""
+        involved = {"apiVersion": API_VERSION, "kind": KIND, "metadata": ms["metadata"]}
+
+        def post() -> None:
+            try:
+                self.kube.post_event(involved, type_, reason, message)
+            except Exception as exc:  # events are best effort
+                log.debug("event %s for %s not posted: %s", reason, ms["metadata"]["name"], exc)
+
+        self.kube.executor.submit(post)

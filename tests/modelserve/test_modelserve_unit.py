@@ -1,0 +1,449 @@
+"""ModelServe without a cluster: CRD generation, the RayService builder, adapter resolution,
+status derivation and the capacity planner (figures checked against hand computation)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ms_helpers import INVALID, manifest, valid_spec
+from pydantic import ValidationError
+
+from healthnav.operator import planner
+from healthnav.operator.crdgen import render_crd_yaml
+from healthnav.operator.modelserve_spec import MODELSERVE_CRD, ModelServeSpec
+from healthnav.operator.modelserve_status import (
+    AdapterResolution,
+    RayServiceView,
+    compute_status,
+    resolve_adapters,
+    transition_events,
+)
+from healthnav.operator.rayservice import (
+    APP_NAME,
+    REVISION_ANNOTATION,
+    ResolvedAdapter,
+    adapters_in,
+    ray_service,
+)
+from healthnav.operator.settings import OperatorSettings
+from healthnav.serving.config import IMPORT_PATH, ServeAppConfig
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = OperatorSettings(serving_image="ghcr.io/acme/serving:1.2.3", s3_endpoint_url="http://minio:9000")
+
+
+def _ms(spec: dict[str, Any] | None = None, name: str = "triage", generation: int = 1) -> dict[str, Any]:
+    m = manifest(name, "clinic", spec)
+    m["metadata"].update(uid="1234-abcd", generation=generation, resourceVersion="7")
+    return m
+
+
+def _build(
+    spec: dict[str, Any] | None = None, adapters: list[ResolvedAdapter] | None = None
+) -> dict[str, Any]:
+    ms = _ms(spec)
+    return ray_service(ms, ModelServeSpec.model_validate(ms["spec"]), adapters or [], SETTINGS)
+
+
+# --- CRD --------------------------------------------------------------------------------------
+
+
+def test_committed_crd_equals_generated() -> None:
+    committed = (REPO / "charts/healthnav/crds/modelserve.yaml").read_text()
+    assert committed == render_crd_yaml(MODELSERVE_CRD), "run `hnav operator crds` and commit the result"
+
+
+def test_crd_has_names_columns_and_status() -> None:
+    crd = yaml.safe_load(render_crd_yaml(MODELSERVE_CRD))
+    assert crd["metadata"]["name"] == "modelserves.healthnav.io"
+    assert crd["spec"]["names"]["shortNames"] == ["ms"]
+    assert crd["spec"]["names"]["categories"] == ["healthnav"]
+    version = crd["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Ready", "Replicas", "Adapters", "Endpoint", "Age"]
+
+
+@pytest.mark.parametrize("case", [c for c in INVALID if c.in_spec], ids=lambda c: c.id)
+def test_pydantic_rejects_what_the_api_server_rejects(case: Any) -> None:
+    with pytest.raises(ValidationError):
+        ModelServeSpec.model_validate(case.build("x")["spec"])
+
+
+def test_valid_spec_and_defaults() -> None:
+    spec = ModelServeSpec.model_validate({"baseModel": {"uri": "s3://models/m/"}})
+    assert spec.engine == "vllm" and spec.autoscaling.min_replicas == 1 and spec.autoscaling.max_replicas == 4
+    assert spec.resources.gpus_per_replica == 1 and spec.engine_args.max_lora_rank == 16
+    ModelServeSpec.model_validate(valid_spec())
+
+
+# --- RayService builder -----------------------------------------------------------------------
+
+
+def test_rayservice_shape() -> None:
+    rs = _build(adapters=[ResolvedAdapter("derm-v1", "s3://models/adapters/derm-v1/")])
+    meta = rs["metadata"]
+    assert (rs["apiVersion"], rs["kind"], meta["name"], meta["namespace"]) == (
+        "ray.io/v1",
+        "RayService",
+        "triage",
+        "clinic",
+    )
+    owner = meta["ownerReferences"][0]
+    assert owner["kind"] == "ModelServe" and owner["uid"] == "1234-abcd" and owner["controller"] is True
+    assert meta["labels"]["healthnav.io/modelserve"] == "triage"
+
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    (app,) = serve["applications"]
+    assert app["name"] == APP_NAME and app["import_path"] == IMPORT_PATH and app["route_prefix"] == "/"
+    args = ServeAppConfig.model_validate(app["args"])  # the server's own schema parses it
+    assert args.base_model == "s3://models/biomistral-7b/"
+    assert [(a.name, a.uri) for a in args.adapters] == [("derm-v1", "s3://models/adapters/derm-v1/")]
+    assert args.autoscaling.max_replicas == 4 and args.num_gpus_per_replica == 1
+    assert args.adapters_prefix is None  # removed adapters must not stay discoverable
+
+    cluster = rs["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0" and head["rayStartParams"]["num-cpus"] == "0"
+    head_container = head["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in head_container["resources"]["requests"]
+    assert head_container["image"] == "ghcr.io/acme/serving:1.2.3"
+
+    (worker,) = cluster["workerGroupSpecs"]
+    assert (worker["minReplicas"], worker["maxReplicas"]) == (1, 4)
+    pod = worker["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["memory"] == "32Gi"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    keys = {t["matchExpressions"][0]["key"] for t in terms}
+    assert keys == {"cloud.google.com/gke-accelerator", "k8s.amazonaws.com/accelerator"}
+    assert all(t["matchExpressions"][0]["values"] == ["nvidia-l4"] for t in terms)
+    assert pod["serviceAccountName"] == head["template"]["spec"]["serviceAccountName"] == "triage-serve"
+    assert {"name": "AWS_ENDPOINT_URL_S3", "value": "http://minio:9000"} in container["env"]
+
+
+def test_adapter_changes_touch_only_serve_config_but_model_changes_touch_the_cluster() -> None:
+    """KubeRay updates Serve in place iff rayClusterConfig is unchanged (ignoring replica counts)."""
+    base = _build()
+    with_adapter = _build(adapters=[ResolvedAdapter("triage-v3", "s3://models/finetunes/clinic/t/adapter/")])
+    assert with_adapter["spec"]["rayClusterConfig"] == base["spec"]["rayClusterConfig"]
+    assert with_adapter["spec"]["serveConfigV2"] != base["spec"]["serveConfigV2"]
+
+    scaled = valid_spec()
+    scaled["autoscaling"] = {"minReplicas": 2, "maxReplicas": 8}
+    autoscaled = _build(scaled)
+    strip = ("replicas", "minReplicas", "maxReplicas")
+    groups = [
+        [
+            {k: v for k, v in g.items() if k not in strip}
+            for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        ]
+        for rs in (base, autoscaled)
+    ]
+    assert groups[0] == groups[1]
+
+    for change in (
+        lambda s: s["baseModel"].update(uri="s3://models/meditron-7b/"),
+        lambda s: s.update(engine="transformers"),
+        lambda s: s.update(image="ghcr.io/acme/serving:2.0.0"),
+        lambda s: s["engineArgs"].update(maxModelLen=8192),
+    ):
+        spec = copy.deepcopy(valid_spec())
+        change(spec)
+        other = _build(spec)
+        head = other["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["annotations"]
+        base_head = base["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["annotations"]
+        assert head[REVISION_ANNOTATION] != base_head[REVISION_ANNOTATION]
+        assert other["spec"]["rayClusterConfig"] != base["spec"]["rayClusterConfig"]
+
+
+def test_name_limit_and_own_service_account() -> None:
+    spec = valid_spec()
+    spec["serviceAccountName"] = "s3-reader"
+    spec["apiKeySecretRef"] = {"name": "serving-keys"}
+    rs = _build(spec)
+    pod = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["serviceAccountName"] == "s3-reader"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["HEALTHNAV_API_KEYS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "serving-keys",
+        "key": "api-keys",
+    }
+    with pytest.raises(ValueError, match="47"):
+        ray_service(_ms(name="a" * 48), ModelServeSpec.model_validate(valid_spec()), [], SETTINGS)
+
+
+# --- adapter resolution -----------------------------------------------------------------------
+
+
+def _ftj(
+    phase: str, uri: str | None = None, gate: str | None = None, evaluation: bool = False
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if uri:
+        status["output"] = {"adapterUri": uri}
+    if gate:
+        status["conditions"] = [{"type": "GatePassed", "status": gate, "message": "rougeL 0.2 < 0.3"}]
+    return {"spec": {"evaluation": {"gates": {}}} if evaluation else {}, "status": status}
+
+
+def _spec_with(*adapters: dict[str, Any]) -> ModelServeSpec:
+    spec = valid_spec()
+    spec["adapters"] = list(adapters)
+    return ModelServeSpec.model_validate(spec)
+
+
+def test_resolution_waits_for_success_and_gate() -> None:
+    uri = "s3://models/finetunes/clinic/t/adapter/"
+    spec = _spec_with({"name": "t", "fromFineTuneJob": "t"})
+    cases = [
+        (None, "FineTuneJobNotFound"),
+        (_ftj("Running"), "FineTuneJobNotSucceeded"),
+        (_ftj("Failed"), "FineTuneJobFailed"),
+        (_ftj("Succeeded"), "AdapterUriMissing"),
+        (_ftj("Succeeded", uri, gate="False", evaluation=True), "GateNotPassed"),
+        (_ftj("Succeeded", uri, evaluation=True), "GateNotPassed"),  # gate not decided yet
+    ]
+    for body, reason in cases:
+        (r,) = resolve_adapters(spec, {"t": body})
+        assert (r.uri, r.reason) == (None, reason)
+    (ok,) = resolve_adapters(spec, {"t": _ftj("Succeeded", uri)})
+    assert (ok.uri, ok.reason, ok.ungated) == (uri, None, False)
+    (gated,) = resolve_adapters(spec, {"t": _ftj("Succeeded", uri, gate="True", evaluation=True)})
+    assert gated.uri == uri
+
+    ungated_spec = _spec_with({"name": "t", "fromFineTuneJob": "t", "allowUngated": True})
+    (forced,) = resolve_adapters(ungated_spec, {"t": _ftj("Succeeded", uri, gate="False", evaluation=True)})
+    assert forced.uri == uri and forced.ungated is True
+
+
+def test_deleted_finetunejob_keeps_serving_its_last_adapter() -> None:
+    spec = _spec_with({"name": "t", "fromFineTuneJob": "t"})
+    previous = [{"name": "t", "state": "Active", "uri": "s3://m/ft/t/adapter/"}]
+    (r,) = resolve_adapters(spec, {"t": None}, previous)
+    assert r.uri == "s3://m/ft/t/adapter/" and "no longer exists" in (r.message or "")
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def _rs(
+    adapters: list[ResolvedAdapter],
+    app_status: str | None = "RUNNING",
+    endpoints: int = 2,
+    synced: bool = True,
+    pending_cluster: str | None = None,
+    ready: str | None = "True",
+) -> dict[str, Any]:
+    rs = _build(adapters=adapters)
+    rs["metadata"]["generation"] = 3
+    status: dict[str, Any] = {"observedGeneration": 3 if synced else 2, "numServeEndpoints": endpoints}
+    active: dict[str, Any] = {
+        "rayClusterName": "triage-abcde",
+        "rayClusterStatus": {"readyWorkerReplicas": 2, "desiredWorkerReplicas": 3},
+    }
+    if app_status:
+        active["applicationStatuses"] = {
+            APP_NAME: {"status": app_status, "message": "boom" if "FAIL" in app_status else ""}
+        }
+    status["activeServiceStatus"] = active
+    if pending_cluster:
+        status["pendingServiceStatus"] = {"rayClusterName": pending_cluster}
+    conds = []
+    if ready:
+        conds.append({"type": "Ready", "status": ready, "reason": "NonZeroServeEndpoints"})
+    conds.append(
+        {
+            "type": "UpgradeInProgress",
+            "status": "True" if pending_cluster else "False",
+            "reason": "NoPendingCluster",
+        }
+    )
+    status["conditions"] = conds
+    rs["status"] = status
+    return rs
+
+
+def _status(
+    rs: dict[str, Any] | None, resolutions: list[AdapterResolution], old: dict[str, Any] | None = None
+):
+    ms = _ms()
+    if old:
+        ms["status"] = old
+    spec = ModelServeSpec.model_validate(ms["spec"])
+    return compute_status(ms, spec, None, resolutions, RayServiceView(body=rs), now="2025-01-01T00:00:00Z")
+
+
+def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_ready_only_when_running_with_endpoints() -> None:
+    a = [ResolvedAdapter("derm-v1", "s3://m/derm/")]
+    res = [
+        AdapterResolution("derm-v1", uri="s3://m/derm/"),
+        AdapterResolution("triage-v3", reason="X", message="m"),
+    ]
+    ok = _status(_rs(a), res)
+    assert _cond(ok, "Ready")["status"] == "True" and ok["phase"] == "Ready"
+    assert ok["endpoint"] == "http://triage-serve-svc.clinic.svc:8000"
+    assert ok["activeAdapters"] == ["derm-v1"] and ok["replicas"] == 2 and ok["desiredReplicas"] == 3
+    assert {x["name"]: x["state"] for x in ok["adapters"]} == {"derm-v1": "Active", "triage-v3": "Pending"}
+    assert _cond(ok, "AdaptersResolved")["status"] == "False"
+
+    for rs, reason in (
+        (_rs(a, app_status="DEPLOYING"), "ApplicationDeploying"),
+        (_rs(a, endpoints=0), "ZeroServeEndpoints"),
+        (_rs(a, app_status="DEPLOY_FAILED"), "ApplicationFailed"),
+        (_rs(a, app_status=None, ready=None), "WaitingForRayCluster"),
+        (_rs(a, ready="False"), "NonZeroServeEndpoints"),
+    ):
+        st = _status(rs, res)
+        assert _cond(st, "Ready")["status"] == "False" and _cond(st, "Ready")["reason"] == reason
+        assert st["activeAdapters"] == []
+    failed = _status(_rs(a, app_status="DEPLOY_FAILED"), res)
+    assert failed["phase"] == "Failed" and "boom" in failed["message"]
+    assert failed["applications"] == [{"name": APP_NAME, "status": "DEPLOY_FAILED", "message": "boom"}]
+
+
+def test_new_adapter_is_deploying_until_kuberay_observes_it_and_upgrade_is_reported() -> None:
+    old_adapters = [ResolvedAdapter("derm-v1", "s3://m/derm/")]
+    both = [*old_adapters, ResolvedAdapter("triage-v3", "s3://m/t/")]
+    res = [AdapterResolution(a.name, uri=a.uri) for a in both]
+    previous = _status(_rs(old_adapters), res[:1])
+    assert previous["activeAdapters"] == ["derm-v1"]
+    unsynced = _status(_rs(both, synced=False), res, old=previous)
+    assert unsynced["activeAdapters"] == ["derm-v1"]
+    assert {x["name"]: x["state"] for x in unsynced["adapters"]} == {
+        "derm-v1": "Active",
+        "triage-v3": "Deploying",
+    }
+    synced = _status(_rs(both), res, old=unsynced)
+    assert synced["activeAdapters"] == ["derm-v1", "triage-v3"]
+    reasons = [e.reason for e in transition_events(unsynced, synced)]
+    assert "AdapterActivated" in reasons
+
+    upgrading = _status(_rs(both, pending_cluster="triage-fghij"), res, old=synced)
+    assert upgrading["phase"] == "Upgrading" and _cond(upgrading, "UpgradeInProgress")["status"] == "True"
+    assert upgrading["pendingRayClusterName"] == "triage-fghij"
+
+
+def test_kuberay_missing_is_a_condition_and_an_event() -> None:
+    ms = _ms()
+    spec = ModelServeSpec.model_validate(ms["spec"])
+    st = compute_status(ms, spec, None, [], RayServiceView(installed=False))
+    ready = _cond(st, "Ready")
+    assert (ready["status"], ready["reason"], st["phase"]) == ("False", "KubeRayNotInstalled", "Pending")
+    assert [e.reason for e in transition_events({}, st)] == ["KubeRayNotInstalled"]
+    assert (
+        transition_events(
+            st, compute_status({**ms, "status": st}, spec, None, [], RayServiceView(installed=False))
+        )
+        == []
+    )
+
+
+def test_adapters_in_reads_back_serve_config() -> None:
+    rs = _build(adapters=[ResolvedAdapter("a", "s3://m/a/")])
+    assert adapters_in(rs) == {"a": "s3://m/a/"}
+    assert adapters_in({"spec": {"serveConfigV2": "{not yaml"}}) == {}
+
+
+# --- planner (hand-computed) ------------------------------------------------------------------
+
+
+def test_plan_default_l4_100k_by_hand() -> None:
+    p = planner.plan(planner.PlanInputs(assessments_per_month=100_000))
+    busy_s = 12 * 3600 * 22  # 950,400 s of business hours
+    assert p.avg_rps == pytest.approx(100_000 / busy_s)
+    assert p.peak_rps == pytest.approx(3 * 100_000 / busy_s)  # 0.3157 req/s
+    assert p.gpu_seconds_per_request == pytest.approx(1000 / 6000 + 400 / 600)  # 0.8333 s
+    assert p.capacity_rps_per_replica == pytest.approx(0.72)  # 0.6 / 0.8333
+    assert (p.min_replicas, p.busy_replicas, p.max_replicas) == (1, 1, 2)  # ceil(0.316/0.72)=1, +1 spare
+    assert p.target_ongoing_requests == 12  # round(0.72 * (1000/6000 + 400/25)) = round(11.64)
+    assert p.gpu_hours == pytest.approx(730)
+    assert p.monthly_cost == pytest.approx(730 * 0.80 + 730 * 0.10)  # $657
+    assert p.api_cost_per_query == pytest.approx((1000 * 5 + 400 * 15) / 1e6)  # $0.011
+    assert p.api_monthly_cost == pytest.approx(1100)
+    assert p.cost_per_query == pytest.approx(0.00657)
+    assert p.break_even_assessments == 59_728  # ceil(657 / 0.011)
+
+
+def _simple(**kw: Any) -> planner.PlanInputs:
+    """1 GPU-second per request, $1/GPU-h, 200 business hours, no head cost: easy arithmetic."""
+    gpu = planner.GpuProfile("test", 1.0, decode_tps=100, prefill_tps=1e9, stream_tps=10)
+    base = planner.PlanInputs(
+        assessments_per_month=kw.pop("n", 73_000),
+        peak_factor=2.0,
+        tokens_in=0,
+        tokens_out=100,
+        gpu=gpu,
+        api_price_in_per_m=0,
+        api_price_out_per_m=100,  # $0.01 per query
+        business_hours_per_day=10,
+        business_days_per_month=20,
+        target_utilization=1.0,
+        head_price_per_hour=0,
+    )
+    return replace(base, **kw)
+
+
+def test_plan_scales_replicas_and_cost_with_volume() -> None:
+    p = planner.plan(_simple(n=2_000_000))
+    # 2,000,000 / 720,000 s = 2.78 req/s avg → 3 busy replicas; peak 5.56 → 6, + 1 spare = 7.
+    assert (p.busy_replicas, p.max_replicas) == (3, 7)
+    assert p.monthly_cost == pytest.approx(730 * 1 + (3 - 1) * 200)  # one always on + two for 200 h
+    assert p.target_ongoing_requests == 10  # 1 req/s * (100 / 10) s
+
+
+def test_break_even_exact_over_step_costs() -> None:
+    assert planner.break_even(_simple()) == 73_000  # $730 / $0.01, one replica carries 720k
+    # $0.0005/query: one replica's cost needs 1.46M > 720k; the 4th replica level is the first to close.
+    assert planner.break_even(_simple(api_price_out_per_m=5)) == 2_660_000
+    # $0.0001/query: each extra replica costs $200 but displaces only $72 of API spend: never.
+    assert planner.break_even(_simple(api_price_out_per_m=1)) is None
+    # Business-hours only: 200 GPU-h = $200 → 20,000 queries.
+    assert planner.break_even(_simple(always_on=False)) == 20_000
+
+
+def test_planner_rejects_bad_inputs_and_manifest_is_valid() -> None:
+    with pytest.raises(ValueError, match="peak_factor"):
+        planner.PlanInputs(assessments_per_month=10, peak_factor=0.5)
+    p = planner.plan(planner.PlanInputs(assessments_per_month=10_000, always_on=False))
+    doc = planner.manifest(p, name="triage")
+    spec = ModelServeSpec.model_validate(doc["spec"])
+    assert spec.autoscaling.min_replicas == 0 and spec.autoscaling.max_replicas == p.max_replicas
+
+
+def test_plan_cli_prints_roadmap_table_and_manifest(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from healthnav.cli import app
+
+    out = tmp_path / "ms.yaml"
+    result = CliRunner().invoke(app, ["plan", "--assessments-per-month", "100000", "--manifest", str(out)])
+    assert result.exit_code == 0, result.output
+    for volume in ("1,000", "10,000", "100,000"):
+        assert volume in result.output
+    assert "59,728" in result.output
+    doc = yaml.safe_load(out.read_text())
+    assert doc["kind"] == "ModelServe" and doc["spec"]["autoscaling"]["maxReplicas"] == 2
+    bad = CliRunner().invoke(app, ["plan", "--gpu-type", "tpu-v5"])
+    assert bad.exit_code != 0 and "--gpu-type" in bad.output
+
+
+def test_example_manifest_is_valid() -> None:
+    doc = yaml.safe_load((REPO / "examples/modelserve.yaml").read_text())
+    spec = ModelServeSpec.model_validate(doc["spec"])
+    assert [a.name for a in spec.adapters] == ["triage-v3", "derm-v1"]

@@ -1,0 +1,392 @@
+"""``hnav demo`` / ``make demo``: the whole platform end to end on one machine, no GPU needed.
+
+Stages, each timed and each naming what to do when it fails:
+
+1. a local S3-protocol server (the artifacts' home, as S3 is in a cluster);
+2. a dataset built from ``examples/data`` (instruction JSON, MedQA, PubMedQA, PubMed XML, an
+   app export whose PHI is scrubbed) and staged to S3;
+3. a base model: a small Mistral-architecture model built locally, or ``BASE_MODEL``;
+4. QLoRA fine-tuning on the CPU (or the GPU when there is one), output to S3;
+5. evaluation of base vs fine-tune vs the API's reference answers, with the quality gate;
+6. Ray Serve serving base + adapter, one routine and one emergency assessment over HTTP;
+7. the operator on the local control plane: the FineTuneJob and ModelServe examples applied,
+   ``kubectl get ftj,ms`` followed through their phases.
+
+Re-running reuses what exists (the dataset, the base model and the adapter are cached under
+``.demo/``). Every service is started tied to this process, so Ctrl-C or a crash leaves
+nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "healthnav-demo"
+console = Console()
+
+
+class StageError(RuntimeError):
+    """A stage failed; ``hint`` says what the user can do about it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass
+class DemoContext:
+    root: Path
+    s3_env: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    timings: list[tuple[str, float, str]] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def dataset_local(self) -> Path:
+        return self.root / "datasets" / "triage" / "v1"
+
+    @property
+    def dataset_uri(self) -> str:
+        return f"s3://{BUCKET}/datasets/triage/v1/"
+
+    @property
+    def base_local(self) -> Path:
+        return self.root / "models" / "tiny-mistral"
+
+    @property
+    def base_uri(self) -> str:
+        return f"s3://{BUCKET}/models/tiny-mistral/"
+
+    @property
+    def finetune_local(self) -> Path:
+        return self.root / "finetunes" / "demo" / "triage-v1"
+
+    @property
+    def finetune_uri(self) -> str:
+        return f"s3://{BUCKET}/finetunes/demo/triage-v1/"
+
+
+@contextlib.contextmanager
+def stage(ctx: DemoContext, number: int, title: str) -> Iterator[list[str]]:
+    """Print the stage header, time it, and record a one-line result the stage appends."""
+    console.rule(f"[bold cyan]{number}. {title}")
+    started = time.monotonic()
+    notes: list[str] = []
+    try:
+        yield notes
+    except StageError:
+        ctx.timings.append((title, time.monotonic() - started, "failed"))
+        raise
+    except Exception as exc:
+        ctx.timings.append((title, time.monotonic() - started, "failed"))
+        raise StageError(f"{title}: {exc}", "see the error above; re-run `make demo` (finished stages are reused)") from exc
+    ctx.timings.append((title, time.monotonic() - started, "; ".join(notes) or "ok"))
+
+
+# --- stages -------------------------------------------------------------------------------------
+
+
+def start_s3(ctx: DemoContext) -> None:
+    from healthnav.datapipe.storage import reset_clients
+    from healthnav.devenv.s3 import LocalS3
+
+    server = LocalS3("demo", ctx.root / "s3", tie_to_parent=True).up()
+    ctx.cleanups.append(server.down)
+    ctx.s3_env = server.env
+    os.environ.update(server.env)
+    reset_clients()
+    server.create_bucket(BUCKET)
+    console.print(f"S3 server on {server.endpoint}, bucket s3://{BUCKET}")
+
+
+def build_data(ctx: DemoContext, notes: list[str]) -> None:
+    from healthnav.datapipe.build import build_dataset, load_config
+    from healthnav.datapipe.dataset import load_manifest
+    from healthnav.datapipe.stage import stage_dataset
+
+    if (ctx.dataset_local / "manifest.json").exists():
+        console.print(f"reusing {ctx.dataset_local}")
+    else:
+        config, base = load_config(REPO / "examples" / "datasets" / "triage-v1.yaml")
+        build_dataset(config, base, output=str(ctx.dataset_local), progress=True)
+    manifest = load_manifest(ctx.dataset_local)
+    stage_dataset(ctx.dataset_local, ctx.dataset_uri)
+    summary = manifest.model_dump(mode="json")
+    counts = summary.get("counts", {})
+    console.print_json(data={k: summary[k] for k in ("counts", "deidentification") if k in summary})
+    notes.append(f"{counts.get('by_split', counts)}")
+    ctx.artifacts["dataset"] = ctx.dataset_uri
+
+
+def prepare_base_model(ctx: DemoContext, notes: list[str]) -> None:
+    from healthnav.datapipe import storage
+    from healthnav.datapipe.dataset import iter_records
+    from healthnav.trainer.tinymodel import create_tiny_model
+
+    if real := os.environ.get("BASE_MODEL"):
+        ctx.artifacts["base model"] = real
+        notes.append(f"BASE_MODEL={real}")
+        return
+    if not (ctx.base_local / "config.json").exists():
+        corpus = [f"{r.instruction}\n{r.input}\n{r.output}" for r in iter_records(ctx.dataset_local, "train")]
+        create_tiny_model(ctx.base_local, "mistral", corpus, hidden_size=128, layers=2, vocab_size=4096)
+        notes.append("built a 2-layer Mistral-architecture model and a BPE tokenizer locally")
+    else:
+        notes.append("reused")
+    storage.upload_dir(ctx.base_local, ctx.base_uri)
+    ctx.artifacts["base model"] = ctx.base_uri
+
+
+def base_model_uri(ctx: DemoContext) -> str:
+    return os.environ.get("BASE_MODEL") or ctx.base_uri
+
+
+def fine_tune(ctx: DemoContext, notes: list[str]) -> None:
+    from healthnav.datapipe import storage
+    from healthnav.trainer.config import QuantizationSpec, TrainerConfig, TrainingSpec
+    from healthnav.trainer.train import run
+
+    adapter_local = ctx.finetune_local / "adapter"
+    if (adapter_local / "adapter_config.json").exists() and (ctx.finetune_local / "metrics.json").exists():
+        storage.upload_dir(ctx.finetune_local, ctx.finetune_uri)
+        notes.append("reused the adapter from the last run")
+    else:
+        config = TrainerConfig(
+            base_model=base_model_uri(ctx),
+            dataset=ctx.dataset_uri,
+            output=ctx.finetune_uri,
+            method="qlora",
+            quantization=QuantizationSpec(),
+            training=TrainingSpec(
+                epochs=int(os.environ.get("DEMO_EPOCHS", "8")),
+                learning_rate=3e-3,
+                batch_size=4,
+                gradient_accumulation_steps=1,
+                max_seq_length=512,
+                warmup_steps=5,
+                checkpoint_every_steps=50,
+            ),
+            run_name="demo-triage-v1",
+        )
+        result = run(config, termination_log=str(ctx.root / "termination-log"))
+        if result.exit_code != 0:
+            raise StageError(
+                f"training failed (exit {result.exit_code}): {result.message}",
+                "read the JSON progress lines above; exit 78 means a configuration or data problem",
+            )
+        storage.download_dir(ctx.finetune_uri, ctx.finetune_local)
+        notes.append(f"{result.step} steps, train loss {result.metrics.get('trainLoss')}")
+    ctx.artifacts["adapter"] = ctx.finetune_uri + "adapter/"
+    ctx.artifacts["model card"] = ctx.finetune_uri + "model-card.md"
+
+
+def evaluate(ctx: DemoContext, notes: list[str]) -> None:
+    from healthnav.evaluation.gates import EvaluationGates
+    from healthnav.evaluation.pipeline import EvalConfig, run_evaluation
+
+    outcome = run_evaluation(
+        EvalConfig(
+            dataset=ctx.dataset_uri,
+            base_model=base_model_uri(ctx),
+            adapter=ctx.finetune_uri + "adapter/",
+            reference=str(REPO / "examples" / "data" / "api_reference_answers.jsonl"),
+            gates=EvaluationGates.model_validate({"rougeL": 0.05}),
+            output=ctx.finetune_uri,
+            max_new_tokens=96,
+        )
+    )
+    table = Table("metric", "fine-tune")
+    for key in ("rougeL", "bleu", "semanticSimilarity", "mcqAccuracy", "riskLevelAccuracy", "costPerQueryUsd"):
+        if key in outcome.metrics:
+            table.add_row(key, f"{outcome.metrics[key]:.4g}")
+    console.print(table)
+    console.print(f"gate: {'[green]passed' if outcome.passed else '[red]failed'}[/] — {outcome.gate.message}")
+    notes.append(f"gate {'passed' if outcome.passed else 'failed'}")
+    ctx.artifacts["evaluation report"] = ctx.finetune_uri + "eval/report.html"
+
+
+def serve_and_assess(ctx: DemoContext, notes: list[str]) -> None:
+    import ray
+    from ray import serve
+
+    from healthnav.devenv.processes import free_port
+    from healthnav.serving.app import build_app
+    from healthnav.serving.client import CustomMedicalLLM
+    from healthnav.serving.config import AdapterRef, AutoscalingSpec, ServeAppConfig
+
+    cfg = ServeAppConfig(
+        base_model=base_model_uri(ctx),
+        engine="transformers",
+        adapters=[AdapterRef(name="triage-v1", uri=ctx.finetune_uri + "adapter/")],
+        autoscaling=AutoscalingSpec(min_replicas=1, max_replicas=1),
+        num_gpus_per_replica=0,
+        api_keys_env=None,
+        adapter_cache_dir=str(ctx.root / "adapter-cache"),
+    )
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ctx.s3_env})
+    ctx.cleanups.append(ray.shutdown)
+    ctx.cleanups.append(serve.shutdown)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg.to_dict()), name="healthnav", route_prefix="/", blocking=False)
+    base_url = f"http://127.0.0.1:{port}"
+    console.print(f"Ray Serve on {base_url}/v1 (OpenAI-compatible) — models: base, triage-v1")
+    cases = {
+        "routine": {"symptoms": "runny nose, mild sore throat and sneezing", "age": 34, "duration": "3 days"},
+        "emergency": {
+            "symptoms": "crushing chest pain spreading to my left arm, sweating and short of breath",
+            "age": 61,
+            "duration": "30 minutes",
+            "history": "hypertension",
+        },
+    }
+    with CustomMedicalLLM(base_url=base_url, model="triage-v1", timeout=120, retries=5) as llm:
+        for label, case in cases.items():
+            answer = llm.assess(**case)
+            console.print(f"[bold]{label} assessment[/bold] — symptoms: {case['symptoms']!r}")
+            shown = {k: answer.get(k) for k in ("risk_level", "red_flags", "assessment", "recommendations")}
+            console.print_json(data={**shown, "latency_ms": answer.get("latency_ms")})
+            notes.append(f"{label}: {answer.get('risk_level')}")
+    ctx.artifacts["serving endpoint (while the demo ran)"] = f"{base_url}/v1"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def kubectl(ctx: DemoContext, kubeconfig: Path, *args: str, check: bool = True) -> str:
+    from healthnav.devenv.cluster import kubectl_path
+
+    proc = subprocess.run(
+        [kubectl_path(), "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True
+    )
+    if check and proc.returncode != 0:
+        raise StageError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}", "see `hnav dev cluster status`")
+    return proc.stdout
+
+
+def run_operator(ctx: DemoContext, notes: list[str]) -> None:
+    from healthnav.devenv.cluster import LocalCluster
+    from healthnav.devenv.kuberay import install_crds
+    from healthnav.devenv.processes import free_port, start, stop
+
+    cluster = LocalCluster("demo", ctx.root / "cluster", tie_to_parent=True).up()
+    ctx.cleanups.append(cluster.down)
+    kubeconfig = cluster.kubeconfig
+    kubectl(ctx, kubeconfig, "apply", "--server-side", "-f", str(REPO / "charts" / "healthnav" / "crds"))
+    install_crds(cluster.api_client())
+    kubectl(ctx, kubeconfig, "create", "namespace", "healthnav", check=False)
+    kubectl(
+        ctx, kubeconfig, "-n", "healthnav", "create", "secret", "generic", "s3-creds",
+        f"--from-literal=AWS_ACCESS_KEY_ID={ctx.s3_env.get('AWS_ACCESS_KEY_ID', '')}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={ctx.s3_env.get('AWS_SECRET_ACCESS_KEY', '')}",
+        check=False,
+    )
+    kubectl(ctx, kubeconfig, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    log = ctx.root / "operator.log"
+    pid = start(
+        [
+            str(Path(sys.executable).with_name("hnav")), "operator", "run", "--namespace", "healthnav",
+            "--liveness", f"http://127.0.0.1:{free_port()}/healthz", "--metrics-port", "0", "--log-format", "plain",
+        ],
+        log,
+        tie_to_parent=True,
+        env={"KUBECONFIG": str(kubeconfig)},
+    )
+    ctx.cleanups.append(lambda: stop([pid]))
+    kubectl(ctx, kubeconfig, "apply", "-f", str(REPO / "examples" / "finetunejob.yaml"))
+    kubectl(ctx, kubeconfig, "apply", "-f", str(REPO / "examples" / "modelserve.yaml"))
+    console.print("$ kubectl get ftj,ms -n healthnav   (following until the FineTuneJob finishes)")
+    last, deadline, finished = "", time.monotonic() + float(os.environ.get("DEMO_OPERATOR_TIMEOUT", "120")), False
+    while time.monotonic() < deadline:
+        out = kubectl(ctx, kubeconfig, "get", "ftj,ms", "-n", "healthnav", check=False)
+        if out != last:
+            console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim]\n{out.rstrip()}")
+            last = out
+        phase = kubectl(ctx, kubeconfig, "get", "ftj", "-n", "healthnav", "-o", "jsonpath={.items[0].status.phase}", check=False)
+        rayservice = kubectl(ctx, kubeconfig, "get", "rayservice", "-n", "healthnav", "-o", "name", check=False)
+        if phase in ("Succeeded", "Failed") and rayservice.strip():
+            finished = True
+            break
+        time.sleep(1)
+    if not finished:
+        raise StageError(
+            "the FineTuneJob did not finish in time", f"read the operator's log at {log}"
+        )
+    console.print(kubectl(ctx, kubeconfig, "get", "jobs,rayservices", "-n", "healthnav", check=False).rstrip())
+    console.print(
+        "[dim]No KubeRay controller runs here, so the ModelServe waits for its RayService to report "
+        "RUNNING; on kind/EKS/GKE KubeRay brings it up (docs/install.md).[/dim]"
+    )
+    notes.append(f"FineTuneJob {phase}")
+    ctx.artifacts["operator log"] = str(log)
+    ctx.artifacts["kubeconfig (while the demo ran)"] = str(kubeconfig)
+
+
+STAGES: list[tuple[str, Callable[..., None], bool]] = [
+    ("Local S3 server", lambda ctx, notes: start_s3(ctx), True),
+    ("Dataset: build, de-identify, stage to S3", build_data, True),
+    ("Base model", prepare_base_model, True),
+    ("Fine-tune with QLoRA", fine_tune, True),
+    ("Evaluate against base and the API", evaluate, True),
+    ("Serve with Ray Serve and assess", serve_and_assess, True),
+    ("Operator on the local control plane", run_operator, True),
+]
+
+
+def summarize(ctx: DemoContext) -> None:
+    table = Table("stage", "seconds", "result", title="healthnav demo")
+    for title, seconds, result in ctx.timings:
+        table.add_row(title, f"{seconds:.1f}", result)
+    console.print(table)
+    artifacts = Table("artifact", "where", title="artifacts")
+    for name, where in ctx.artifacts.items():
+        artifacts.add_row(name, where)
+    artifacts.add_row("local copies", str(ctx.root))
+    console.print(artifacts)
+
+
+def run_demo(only: list[str] | None = None) -> None:
+    root = Path(os.environ.get("HEALTHNAV_DEMO_DIR", REPO / ".demo")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    ctx = DemoContext(root=root)
+    started = time.monotonic()
+    failed: StageError | None = None
+    try:
+        for number, (title, fn, _) in enumerate(STAGES, start=1):
+            if only and not any(word.lower() in title.lower() for word in only):
+                continue
+            with stage(ctx, number, title) as notes:
+                fn(ctx, notes)
+    except StageError as exc:
+        failed = exc
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping every service the demo started[/yellow]")
+        failed = StageError("interrupted", "re-run `make demo`; finished stages are reused")
+    finally:
+        for cleanup in reversed(ctx.cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+    summarize(ctx)
+    console.print(f"total {time.monotonic() - started:.0f} s")
+    if failed:
+        console.print(f"[red]demo failed[/red]: {failed}\n[bold]what to do:[/bold] {failed.hint}")
+        raise SystemExit(1)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    return run_demo(argv or None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

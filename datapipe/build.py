@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from healthnav.datapipe import storage
 from healthnav.datapipe.dataset import DATACARD_NAME, MANIFEST_NAME, DatasetManifest, ShardInfo
 from healthnav.datapipe.deid import Deidentifier
@@ -38,11 +40,12 @@ from healthnav.datapipe.quality import (
     LicensePolicy,
     NearDeduper,
     assign_split,
+    content_text,
     normalize_record,
+    words,
 )
 from healthnav.datapipe.readers import READERS, TEMPLATE_INSTRUCTIONS, ReadItem
 from healthnav.datapipe.records import SCHEMA_VERSION, TrainingRecord
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class BuildError(RuntimeError):
@@ -310,35 +313,40 @@ def deidentify_record(
     The id is re-derived from the scrubbed content: an app's own record id is linkable back to
     the patient, a hash of de-identified text is not.
     """
-    counts: Counter[str] = Counter()
-    updates: dict[str, Any] = {}
-    for name in ("instruction", "input", "output"):
-        text = getattr(record, name)
-        if name == "instruction" and text in TEMPLATE_INSTRUCTIONS:
-            continue
-        result = deid.scrub(text, known)
-        counts.update(result.counts)
-        updates[name] = result.text
-    meta = dict(record.metadata)
-    for key, value in meta.items():
+    # every free-text field, scrubbed in one pass (see Deidentifier.scrub_many)
+    names = [
+        n
+        for n in ("instruction", "input", "output")
+        if not (n == "instruction" and record.instruction in TEMPLATE_INSTRUCTIONS)
+    ]
+    texts: list[str] = [getattr(record, n) for n in names]
+    slots: list[tuple[str, int | None]] = []  # metadata (key, list index) for texts[len(names):]
+    for key, value in record.metadata.items():
         if isinstance(value, str):
-            res = deid.scrub(value, known)
-            counts.update(res.counts)
-            meta[key] = res.text
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            scrubbed = [deid.scrub(v, known) for v in value]
-            for res in scrubbed:
-                counts.update(res.counts)
-            meta[key] = [res.text for res in scrubbed]
+            slots.append((key, None))
+            texts.append(value)
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            for i, v in enumerate(value):
+                slots.append((key, i))
+                texts.append(v)
+    result = deid.scrub_many(texts, known)
+    scrubbed = deid.split_fields(result.text, len(texts)) if result.counts else texts
+    updates: dict[str, Any] = dict(zip(names, scrubbed, strict=False))
+    meta = dict(record.metadata)
+    for (key, index), text in zip(slots, scrubbed[len(names) :], strict=True):
+        if index is None:
+            meta[key] = text
+        else:
+            if meta[key] is record.metadata[key]:
+                meta[key] = list(meta[key])
+            meta[key][index] = text
     updates["metadata"] = meta
-    risks: list[str] = []
-    for name in ("instruction", "input", "output"):
-        risks += deid.residual_risks(updates.get(name, getattr(record, name)))
+    risks = deid.residual_risks(result.text)
     digest = hashlib.sha256(
         "\x1f".join(updates.get(n, getattr(record, n)) for n in ("instruction", "input", "output")).encode()
     ).hexdigest()[:20]
     updates["id"] = f"{record.source}-{digest}"
-    return record.model_copy(update=updates), counts, sorted(set(risks))
+    return record.model_copy(update=updates), result.counts, risks
 
 
 @dataclass
@@ -503,10 +511,11 @@ def _run(
                     if reason := length.reason(record):
                         stats.filtered[reason] += 1
                         continue
-                    if exact is not None and exact.is_duplicate(record):
+                    tokens = words(content_text(record)) if exact is not None or near is not None else []
+                    if exact is not None and exact.is_duplicate(record, tokens):
                         stats.dedup["exact"] += 1
                         continue
-                    if near is not None and near.is_duplicate(record):
+                    if near is not None and near.is_duplicate(record, tokens):
                         stats.dedup["near"] += 1
                         continue
                     split = (

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 PLACEHOLDER_TYPES: tuple[str, ...] = (
@@ -168,11 +168,42 @@ def _cue(words: str) -> str:
     return rf"(?i:\b(?:{words})(?:\s+(?:number|no\.?|num|#|id))?\s*(?:is|:|#|=)?\s*)"
 
 
+class _Probe:
+    """What the gates look at, computed once per text: the text, its lower-case form, its digit
+    runs. Regex gates are cached here so rules sharing a gate run it once."""
+
+    __slots__ = ("_cache", "lower", "max_digit_run", "runs", "text", "words")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lower = text.lower()
+        # the lower-case words (runs of ASCII letters) as bytes: one C-level translate and split
+        self.words = frozenset(self.lower.encode("utf-8", "replace").translate(_LETTERS_ONLY).split())
+        # digit runs: a C-level translate for ASCII text (the regex costs ten times more); \\d
+        # also matches non-ASCII digits, so other text takes the regex
+        self.runs: list[str] | list[bytes] = (
+            text.encode().translate(_DIGITS_ONLY).split() if text.isascii() else _DIGIT_RUN_RE.findall(text)
+        )
+        self.max_digit_run = max(map(len, self.runs), default=0)
+        self._cache: dict[int, bool] = {}
+
+    def search(self, pattern: re.Pattern[str], *, lower: bool = False) -> bool:
+        key = id(pattern)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = pattern.search(self.lower if lower else self.text) is not None
+        return hit
+
+
+#: A gate: a cheap necessary condition for a rule's pattern to match, so the pattern (the
+#: expensive part) only runs on texts that could contain a match. A gate may say yes when
+#: there is no match, never the reverse: gates cost speed when loose, never recall.
+Gate = Callable[[_Probe], bool] | None
+
+
 @dataclass(frozen=True)
 class _Rule:
-    """One detector. ``gate`` is a cheap precondition (substrings of the lower-cased text, a
-    small regex, or a minimum digit-run length) that skips the full pattern on most texts:
-    Python's regex engine is the throughput bottleneck of the whole build."""
+    """One detector: a pattern, the group that is the identifier, an optional validator, a gate."""
 
     kind: str
     pattern: re.Pattern[str]
@@ -181,40 +212,56 @@ class _Rule:
     gate: Gate = None
 
 
-Gate = frozenset[str] | tuple[str, ...] | str | re.Pattern[str] | int | None
+def _lower_any(*subs: str) -> Gate:
+    """Any of these substrings in the lower-cased text (for case-insensitive cue words)."""
+    return lambda p: any(s in p.lower for s in subs)
 
 
-@dataclass(frozen=True)
-class _Probe:
-    """What the gates look at, computed once per text: lower-cased text, its words, digit runs."""
+def _cased_any(*subs: str) -> Gate:
+    """Any of these substrings in the text as written (for case-sensitive patterns)."""
+    return lambda p: any(s in p.text for s in subs)
 
-    text: str
-    lower: str
-    words: frozenset[str]
-    max_digit_run: int
 
-    def passes(self, gate: Gate) -> bool:
-        if gate is None:
-            return True
-        if isinstance(gate, frozenset):
-            return not gate.isdisjoint(self.words)
-        if isinstance(gate, int):
-            return self.max_digit_run >= gate
-        if isinstance(gate, str):
-            return gate in self.lower
-        if isinstance(gate, tuple):
-            return any(g in self.lower for g in gate)
-        return gate.search(self.text) is not None
+def _digit_run(n: int) -> Gate:
+    """A run of at least ``n`` digits."""
+    return lambda p: p.max_digit_run >= n
+
+
+def _regex(pattern: str, *, min_runs: int = 1, chars: str = "") -> Gate:
+    """A small regex, tried only when the text has ``min_runs`` digit runs (0: any text) and
+    each of ``chars``."""
+    compiled = re.compile(pattern)
+    return lambda p: len(p.runs) >= min_runs and all(c in p.text for c in chars) and p.search(compiled)
+
+
+def _cues(*cues: str) -> Gate:
+    """Any cue in the text, case-insensitively. A single-word cue must be a whole word (letters
+    only: "vin" does not fire on "having", "dea" not on "dear"), checked in the probe's word set;
+    a cue with a space or punctuation ("patient id", "to:") is a substring check. Both are
+    necessary conditions of a word-anchored cue pattern."""
+    words = frozenset(c.encode() for c in cues if c.isalpha())
+    phrases = tuple(c for c in cues if not c.isalpha())
+
+    def gate(p: _Probe) -> bool:
+        return not words.isdisjoint(p.words) or any(c in p.lower for c in phrases)
+
+    return gate
+
+
+_MONTH_GATE = _cues(*_MONTH_WORDS)
+
+
+def _age_over_89(p: _Probe) -> bool:
+    return any(len(r) in (2, 3) and 90 <= int(r) <= 129 for r in p.runs)
 
 
 _DIGIT_RUN_RE = re.compile(r"\d+")
-_ALPHA_RE = re.compile(r"[a-z]+")
+_DIGITS_ONLY = bytes(c if 48 <= c <= 57 else 32 for c in range(256))
+_LETTERS_ONLY = bytes(c if 97 <= c <= 122 else 32 for c in range(256))
 
 
 def _probe(text: str) -> _Probe:
-    runs = _DIGIT_RUN_RE.findall(text)
-    lower = text.lower()
-    return _Probe(text, lower, frozenset(_ALPHA_RE.findall(lower)), max(map(len, runs), default=0))
+    return _Probe(text)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -222,45 +269,65 @@ def _token_pattern(token: str) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(token)}(?!\w)", re.IGNORECASE)
 
 
+_TLD_WORDS = _cues("com", "org", "net", "edu", "gov", "io", "info", "biz", "me", "us")
+_STREET_WORDS = _cues(*(w.lower() for w in re.findall(r"[A-Za-z]+", _STREET_SUFFIX)))
+_DIGIT_CAP = _regex(r"\d\s+[A-Z]")
+_IPV6_RE = re.compile(r"[0-9a-fA-F]:[0-9a-fA-F]*:")
+
+
+def _tld_gate(p: _Probe) -> bool:
+    return "." in p.text and _TLD_WORDS(p)  # type: ignore[misc]
+
+
+def _street_gate(p: _Probe) -> bool:
+    return _STREET_WORDS(p) and _DIGIT_CAP(p)  # type: ignore[misc]
+
+
+def _ipv6_gate(p: _Probe) -> bool:
+    # an IPv6 address has two colons each followed by a hex digit or a colon, never by a space
+    t = p.text
+    return t.count(":") - t.count(": ") - t.count(":\n") >= 2 and p.search(_IPV6_RE)
+
+
 def _rules() -> list[_Rule]:
     r = re.compile
     return [
-        _Rule("EMAIL", r(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+"), gate="@"),
-        _Rule("URL", r(r"(?i)\b(?:https?://|www\.)[^\s<>\"')\]]+"), gate=("http", "www.")),
+        _Rule("EMAIL", r(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+"), gate=_cased_any("@")),
+        _Rule("URL", r(r"(?i)\b(?:https?://|www\.)[^\s<>\"')\]]+"), gate=_lower_any("http", "www.")),
         _Rule(
             "URL",
             r(r"(?i)\b[\w\-]+(?:\.[\w\-]+)*\.(?:com|org|net|edu|gov|io|info|biz|me|us)(?:/[^\s]*)?\b"),
-            gate=r(r"(?i)\.(?:com|org|net|edu|gov|io|info|biz|me|us)\b"),
+            gate=_tld_gate,
         ),
         _Rule(
             "IP",
             r(r"\b(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}\b"),
-            gate=r(r"\d\.\d+\.\d"),
+            gate=_regex(r"\d\.\d+\.\d", min_runs=4, chars="."),
         ),
         _Rule(
             "IP",
             r(r"(?i)\b(?:[0-9a-f]{1,4}:){2,7}(?::|[0-9a-f]{1,4})(?::[0-9a-f]{1,4})*\b"),
-            gate=r(r"(?i)[0-9a-f]:[0-9a-f]*:"),
+            gate=_ipv6_gate,
         ),
-        _Rule("SSN", r(r"\b\d{3}-\d{2}-\d{4}\b"), gate=4),
+        _Rule("SSN", r(r"\b\d{3}-\d{2}-\d{4}\b"), gate=_digit_run(4)),
         _Rule(
             "SSN",
             r(_cue(r"ssn|social security(?: number)?") + r"(?P<v>\d{3}[\s\-]?\d{2}[\s\-]?\d{4})"),
             "v",
-            gate=frozenset({"ssn", "social"}),
+            gate=_cues("ssn", "social"),
         ),
         _Rule(
             "VEHICLE",
             r(_cue(r"licen[cs]e plate|plate|vin|vehicle(?: id)?") + rf"(?P<v>{_ID_VALUE})"),
             "v",
-            gate=frozenset({"plate", "plates", "vin", "vehicle"}),
+            gate=_cues("plate", "plates", "vin", "vehicle"),
         ),
-        _Rule("FAX", r(_cue(r"fax") + r"(?P<v>\+?[\d(][\d\s().\-]{8,}\d)"), "v", gate=frozenset({"fax"})),
+        _Rule("FAX", r(_cue(r"fax") + r"(?P<v>\+?[\d(][\d\s().\-]{8,}\d)"), "v", gate=_cues("fax")),
         _Rule(
             "MRN",
             r(_cue(r"mrn|medical record|chart|patient id|record") + rf"(?P<v>{_ID_VALUE})"),
             "v",
-            gate=frozenset({"mrn", "record", "records", "chart", "patient"}),
+            gate=_cues("mrn", "record", "records", "chart", "patient id"),
         ),
         _Rule(
             "HEALTH_PLAN",
@@ -272,69 +339,67 @@ def _rules() -> list[_Rule]:
                 + rf"(?P<v>{_ID_VALUE})"
             ),
             "v",
-            gate=frozenset(
-                {
-                    "member",
-                    "policy",
-                    "insurance",
-                    "subscriber",
-                    "group",
-                    "medicaid",
-                    "medicare",
-                    "plan",
-                    "beneficiary",
-                }
+            gate=_cues(
+                "member",
+                "policy",
+                "insurance",
+                "subscriber",
+                "group",
+                "medicaid",
+                "medicare",
+                "health plan",
+                "beneficiary",
             ),
         ),
         _Rule(
             "ACCOUNT",
             r(_cue(r"account|acct|card|iban|routing") + rf"(?P<v>{_ID_VALUE})"),
             "v",
-            gate=frozenset({"account", "acct", "card", "iban", "routing"}),
+            gate=_cues("account", "acct", "card", "iban", "routing"),
         ),
         _Rule(
             "LICENSE",
             r(_cue(r"driver'?s licen[cs]e|licen[cs]e|dea|npi|certificate|passport") + rf"(?P<v>{_ID_VALUE})"),
             "v",
-            gate=frozenset({"license", "licence", "dea", "npi", "certificate", "passport"}),
+            gate=_cues("license", "licence", "dea", "npi", "certificate", "passport"),
         ),
         _Rule(
             "DEVICE",
             r(_cue(r"serial|device(?: id)?|imei|udi|model") + rf"(?P<v>{_ID_VALUE})"),
             "v",
-            gate=frozenset({"serial", "device", "imei", "udi", "model"}),
+            gate=_cues("serial", "device", "imei", "udi", "model"),
         ),
-        _Rule("ACCOUNT", r(r"\b(?:\d[ \-]?){12,18}\d\b"), check="luhn", gate=4),
+        _Rule("ACCOUNT", r(r"\b(?:\d[ \-]?){12,18}\d\b"), check="luhn", gate=_digit_run(4)),
         _Rule(
             "PHONE",
             r(
                 r"(?<![\w+])(?:\+?1[\s.\-]?)?(?:\(\d{3}\)|\d{3})[\s.\-]?\d{3}[\s.\-]?\d{4}"
                 r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?\b"
             ),
-            gate=3,
+            gate=_digit_run(3),
         ),
-        _Rule("PHONE", r(r"(?<!\w)\+\d{1,3}(?:[\s.\-]?\(?\d{1,4}\)?){2,5}\d\b"), gate="+"),
+        _Rule("PHONE", r(r"(?<!\w)\+\d{1,3}(?:[\s.\-]?\(?\d{1,4}\)?){2,5}\d\b"), gate=_cased_any("+")),
         # dates: numeric with a year, ISO, written months, and cued day/month without a year
-        _Rule("DATE", r(r"\b\d{4}[\-/.]\d{1,2}[\-/.]\d{1,2}\b"), check="ymd", gate=4),
+        _Rule("DATE", r(r"\b\d{4}[\-/.]\d{1,2}[\-/.]\d{1,2}\b"), check="ymd", gate=_digit_run(4)),
         _Rule(
             "DATE",
             r(r"\b\d{1,2}[/\-.]\d{1,2}[/\-.](?:\d{4}|\d{2})\b"),
             check="mdy",
-            gate=r(r"\d[/\-.]\d+[/\-.]\d"),
+            gate=_regex(r"\d[/\-.]\d+[/\-.]\d", min_runs=3),
         ),
         _Rule(
             "DATE",
             r(
                 rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+\d{{4}})?\b(?!\s*(?:mg|ml|mcg|units?|hours?|days?))"
             ),
-            gate=_MONTH_WORDS,
+            gate=_MONTH_GATE,
         ),
         _Rule(
             "DATE",
             r(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\b\.?(?:,?\s+\d{{4}})?"),
-            gate=_MONTH_WORDS,
+            gate=_MONTH_GATE,
         ),
-        _Rule("DATE", r(rf"\b{_MONTH}\.?,?\s+(?:of\s+)?(?:19|20)\d{{2}}\b"), gate=_MONTH_WORDS),
+        _Rule("DATE", r(rf"\b{_MONTH}\.?,?\s+(?:of\s+)?(?:19|20)\d{{2}}\b"), gate=_MONTH_GATE),
         _Rule(
             "DATE",
             r(
@@ -343,7 +408,7 @@ def _rules() -> list[_Rule]:
             ),
             "v",
             check="md",
-            gate="/",
+            gate=_cased_any("/"),
         ),
         # ages over 89 (Safe Harbor): the number only; ages up to 89 are clinical content and stay
         _Rule(
@@ -354,13 +419,15 @@ def _rules() -> list[_Rule]:
                 re.I,
             ),
             "v",
-            gate=r(r"\b(?:9\d|1[0-2]\d)\b"),
+            gate=_age_over_89,
         ),
         _Rule(
             "AGE",
-            r(r"(?i:\b(?:age[d]?|aged?:|age:)\s*)(?P<v>9\d|1[0-2]\d)\b"),
+            # "Age: 90 or older" is Safe Harbor's own aggregate (what prompts.format_assessment_input
+            # renders for every age over 89), so it stays: train and serve see the same text
+            r(r"(?i:\b(?:age[d]?|aged?:|age:)\s*)(?P<v>(?!90\s+or\s+older\b)(?:9\d|1[0-2]\d))\b"),
             "v",
-            gate=r(r"\b(?:9\d|1[0-2]\d)\b"),
+            gate=_age_over_89,
         ),
         # geography below the state
         _Rule(
@@ -369,33 +436,45 @@ def _rules() -> list[_Rule]:
                 rf"\b\d{{1,6}}\s+(?:[NSEW]\.?\s+)?(?:{_CAP}\s+){{0,3}}{_CAP}\s+{_STREET_SUFFIX}\b\.?"
                 r"(?:,?\s*(?:Apt|Apartment|Unit|Suite|Ste|#)\.?\s*\w+)?"
             ),
-            gate=r(r"\d\s+[A-Z]"),
+            gate=_street_gate,
         ),
-        _Rule("LOCATION", r(r"(?i)\bP\.?\s?O\.?\s+Box\s+\d+"), gate=frozenset({"box"})),
+        _Rule("LOCATION", r(r"(?i)\bP\.?\s?O\.?\s+Box\s+\d+"), gate=_cues("box")),
         _Rule(
             "LOCATION",
             r(
                 rf"(?:{_CAP}\s+){{0,3}}{_CAP}\s+(?:Hospital|Medical Center|Medical Centre|Clinic|"
                 r"Health Center|Health Centre|Infirmary|Urgent Care|Nursing Home|Care Home)\b"
             ),
-            gate=frozenset({"hospital", "clinic", "center", "centre", "infirmary", "care", "home"}),
+            gate=_cased_any(
+                "Hospital",
+                "Medical Cent",
+                "Clinic",
+                "Health Cent",
+                "Infirmary",
+                "Urgent Care",
+                "Nursing Home",
+                "Care Home",
+            ),
         ),
         _Rule(
-            "ZIP", r(rf"(?:\b(?:{_STATE_ABBR}|{_STATES})\.?,?\s+)(?P<v>\d{{5}}(?:-\d{{4}})?)\b"), "v", gate=5
+            "ZIP",
+            r(rf"(?:\b(?:{_STATE_ABBR}|{_STATES})\.?,?\s+)(?P<v>\d{{5}}(?:-\d{{4}})?)\b"),
+            "v",
+            gate=_digit_run(5),
         ),
         _Rule(
             "ZIP",
             r(r"(?i:\b(?:zip|postal|post)\s*(?:code)?\s*:?\s*)(?P<v>\d{5}(?:-\d{4})?)\b"),
             "v",
-            gate=frozenset({"zip", "postal", "post"}),
+            gate=_cues("zip", "postal", "post"),
         ),
-        _Rule("ZIP", r(r"\b\d{5}-\d{4}\b"), gate=5),
+        _Rule("ZIP", r(r"\b\d{5}-\d{4}\b"), gate=_digit_run(5)),
         _Rule(
             "LOCATION",
             r(rf"(?P<v>{_CAP}(?:\s+{_CAP}){{0,2}}),\s+(?:{_STATE_ABBR}|{_STATES})\b"),
             "v",
             check="not_state",
-            gate=r(r",\s+[A-Z][A-Za-z]"),
+            gate=_regex(r",\s+[A-Z][A-Za-z]", min_runs=0, chars=","),
         ),
         _Rule(
             "LOCATION",
@@ -407,23 +486,21 @@ def _rules() -> list[_Rule]:
             ),
             "v",
             check="not_state",
-            gate=frozenset(
-                {
-                    "live",
-                    "lives",
-                    "lived",
-                    "living",
-                    "reside",
-                    "resides",
-                    "resided",
-                    "residing",
-                    "resident",
-                    "moved",
-                    "relocated",
-                    "grew",
-                    "staying",
-                    "hometown",
-                }
+            gate=_cues(
+                "live",
+                "lives",
+                "lived",
+                "living",
+                "reside",
+                "resides",
+                "resided",
+                "residing",
+                "resident",
+                "moved",
+                "relocated",
+                "grew",
+                "staying",
+                "hometown",
             ),
         ),
         # names: after a title or a cue, and first names from the census-derived list
@@ -433,9 +510,7 @@ def _rules() -> list[_Rule]:
                 rf"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Doctor|Nurse|Sister|Father)\.?\s+(?P<v>{_CAP}(?:\s+{_CAP})?)"
             ),
             "v",
-            gate=frozenset(
-                {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "doctor", "nurse", "sister", "father"}
-            ),
+            gate=_cased_any("Mr", "Ms", "Miss", "Mx", "Dr", "Prof", "Doctor", "Nurse", "Sister", "Father"),
         ),
         _Rule(
             "NAME",
@@ -446,23 +521,22 @@ def _rules() -> list[_Rule]:
             ),
             "v",
             check="not_word",
-            gate=frozenset(
-                {
-                    "name",
-                    "named",
-                    "called",
-                    "signed",
-                    "sincerely",
-                    "regards",
-                    "thanks",
-                    "thank",
-                    "patient",
-                    "pt",
-                    "contact",
-                    "ask",
-                    "from",
-                    "to",
-                }
+            gate=_cues(
+                "name is",
+                "name:",
+                "named",
+                "called",
+                "signed",
+                "sincerely",
+                "regards",
+                "thanks",
+                "thank you",
+                "patient:",
+                "pt:",
+                "contact",
+                "ask for",
+                "from:",
+                "to:",
             ),
         ),
         _Rule(
@@ -475,17 +549,19 @@ def _rules() -> list[_Rule]:
             ),
             "v",
             check="not_word",
-            gate=frozenset({"my"}),
+            gate=_cues("my"),
         ),
         _Rule(
             "ID",
             r(r"\b(?=[A-Z0-9\-]*[A-Z])(?=(?:[A-Z\-]*\d){4})[A-Z0-9][A-Z0-9\-]{6,}[A-Z0-9]\b"),
-            gate=r(r"\d[A-Z\-]*\d[A-Z\-]*\d[A-Z\-]*\d"),
+            gate=_regex(r"\d[A-Z\-]*\d[A-Z\-]*\d[A-Z\-]*\d"),
         ),
-        _Rule("ID", r(r"(?<![\d.,])\d{7,}(?![\d.,]*\s*(?:mg|mcg|ml|units?|iu|cells))"), gate=7),
+        _Rule("ID", r(r"(?<![\d.,])\d{7,}(?![\d.,]*\s*(?:mg|mcg|ml|units?|iu|cells))"), gate=_digit_run(7)),
     ]
 
 
+# every word the gazetteer could take as a first name: if none is a known first name, skip it
+_CAP_WORD_RE = re.compile(r"\b[A-Z][a-z'\u2019]+")
 _CAP_TOKEN_RE = re.compile(r"\b([A-Z][a-z'\u2019]+)(?:\s+([A-Z][a-z'\u2019\-]+))?")
 _COMMON_CAPS = frozenset(
     [
@@ -593,6 +669,10 @@ def _check(kind: str | None, text: str) -> bool:
     raise ValueError(kind)
 
 
+#: Separates fields scrubbed together by :meth:`Deidentifier.scrub_many`.
+FIELD_SEP = "\n\x00\n"
+
+
 @dataclass
 class DeidResult:
     """Scrubbed text and how many identifiers of each type were replaced."""
@@ -601,13 +681,23 @@ class DeidResult:
     counts: Counter[str] = field(default_factory=Counter)
 
 
-_RESIDUAL_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("at-sign", re.compile(r"\S@\S")),
-    ("long digit run", re.compile(r"\d(?:[\s().\-]?\d){6,}")),
-    ("url", re.compile(r"(?i)https?:|www\.")),
-    ("name cue", re.compile(r"(?i)\b(?:my name is|name:)\s+(?!\[NAME\])\S")),
-    ("date of birth", re.compile(r"(?i)\b(?:dob|date of birth|born on)\b\s*:?\s*(?!\[DATE\])\d")),
-    ("ssn cue", re.compile(r"(?i)\b(?:ssn|social security)\b[^.\n]{0,12}\d")),
+# (reason, cheap precondition on the lower-cased text, pattern); the precondition is necessary
+# for the pattern to match, so skipping the pattern when it fails loses nothing.
+_RESIDUAL_RULES: tuple[tuple[str, Callable[[str], bool], re.Pattern[str]], ...] = (
+    ("at-sign", lambda t: "@" in t, re.compile(r"\S@\S")),
+    ("long digit run", lambda t: True, re.compile(r"\d(?:[\s().\-]?\d){6,}")),
+    ("url", lambda t: "http" in t or "www." in t, re.compile(r"(?i)https?:|www\.")),
+    ("name cue", lambda t: "name" in t, re.compile(r"(?i)\b(?:my name is|name:)\s+(?!\[NAME\])\S")),
+    (
+        "date of birth",
+        lambda t: "dob" in t or "date of birth" in t or "born on" in t,
+        re.compile(r"(?i)\b(?:dob|date of birth|born on)\b\s*:?\s*(?!\[DATE\])\d"),
+    ),
+    (
+        "ssn cue",
+        lambda t: "ssn" in t or "social security" in t,
+        re.compile(r"(?i)\b(?:ssn|social security)\b[^.\n]{0,12}\d"),
+    ),
 )
 
 
@@ -634,7 +724,7 @@ class Deidentifier:
                 for m in _token_pattern(token).finditer(text):
                     spans.append((m.start(), m.end(), kind))
         for rule in self._rules:
-            if not probe.passes(rule.gate):
+            if rule.gate is not None and not rule.gate(probe):
                 continue
             for m in rule.pattern.finditer(text):
                 start, end = m.span(rule.group)
@@ -643,7 +733,8 @@ class Deidentifier:
                 if rule.check and not _check(rule.check, m.group(rule.group)):
                     continue
                 spans.append((start, end, rule.kind))
-        spans.extend(self._gazetteer_names(text))
+        if self._extra or not self._first.isdisjoint(map(str.lower, _CAP_WORD_RE.findall(text))):
+            spans.extend(self._gazetteer_names(text))
         return spans
 
     def _gazetteer_names(self, text: str) -> Iterable[tuple[int, int, str]]:
@@ -695,16 +786,44 @@ class Deidentifier:
         out.append(text[pos:])
         return DeidResult("".join(out), counts)
 
+    def scrub_many(self, texts: Sequence[str], known: Sequence[tuple[str, str]] = ()) -> DeidResult:
+        """Scrub several fields of one record in one pass; ``result.text`` joins them with
+        :data:`FIELD_SEP` (split it with :meth:`split_fields`).
+
+        Why one pass: every rule's gate and pattern then runs once per record instead of once
+        per field, which is most of the de-identification cost. No rule can match across the
+        separator (a NUL between newlines: not a word, digit or space character), so the result
+        is the same as scrubbing each field alone.
+        """
+        if not texts:
+            return DeidResult("")
+        joined = FIELD_SEP.join(texts)
+        if joined.count("\x00") != len(texts) - 1:  # a NUL in the input (normalisation drops it anyway)
+            joined = FIELD_SEP.join(t.replace("\x00", "") for t in texts)
+        return self.scrub(joined, known)
+
+    @staticmethod
+    def split_fields(text: str, expected: int) -> list[str]:
+        parts = text.split(FIELD_SEP)
+        if len(parts) != expected:  # a placeholder swallowed a separator: never expected, fail closed
+            raise ValueError(f"de-identification merged fields ({len(parts)} != {expected})")
+        return parts
+
     @staticmethod
     def residual_risks(text: str) -> list[str]:
         """Reasons scrubbed text still looks identifying (empty when it looks clean)."""
-        probe = _PLACEHOLDER_RE.sub(" ", text)
-        reasons = [name for name, pattern in _RESIDUAL_RULES if pattern.search(probe)]
-        # a name cue is checked on the un-probed text (the placeholder is what makes it safe)
-        if "name cue" in reasons and not _RESIDUAL_RULES[3][1].search(text):
-            reasons.remove("name cue")
-        if "date of birth" in reasons and not _RESIDUAL_RULES[4][1].search(text):
-            reasons.remove("date of birth")
+        lower = text.lower()
+        probe: str | None = None  # the text with placeholders blanked, made only when needed
+        reasons: list[str] = []
+        for name, precondition, pattern in _RESIDUAL_RULES:
+            if not precondition(lower):
+                continue
+            if probe is None:
+                probe = _PLACEHOLDER_RE.sub(" ", text) if "[" in text else text
+            # a name / date-of-birth cue is judged on the real text: the placeholder after it is
+            # what makes it safe
+            if pattern.search(probe) and (name not in ("name cue", "date of birth") or pattern.search(text)):
+                reasons.append(name)
         return reasons
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from dp_helpers import write_config
-from healthnav.datapipe.cli import app
 from typer.testing import CliRunner
+
+from healthnav.datapipe.cli import app
 
 pytestmark = pytest.mark.unit
 runner = CliRunner()

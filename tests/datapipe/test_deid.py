@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from healthnav.datapipe.deid import Deidentifier, measure_recall
 
 pytestmark = pytest.mark.unit
@@ -69,3 +70,23 @@ def test_residual_risk_flags_what_the_scrubber_missed(deid: Deidentifier) -> Non
     assert "long digit run" in deid.residual_risks(missed)
     assert deid.residual_risks("my name is [NAME]") == []
     assert "name cue" in deid.residual_risks("my name is xiomara")
+
+
+def test_structured_age_over_89_is_the_safe_harbor_aggregate_as_served() -> None:
+    """Train/serve consistency: an app row aged 93 trains on exactly the "Age: 90 or older" line
+    the server renders (prompts.format_assessment_input), not on "Age: [AGE] or older"."""
+    from healthnav.datapipe.build import deidentify_record
+    from healthnav.datapipe.prompts import PatientCase, format_assessment_input
+    from healthnav.datapipe.readers import DEFAULT_APP_FIELDS, app_row_to_record
+
+    row = {"symptoms": "dizzy when standing", "age": 93, "risk_level": "routine", "assessment": "Postural."}
+    record = app_row_to_record(row, fields=DEFAULT_APP_FIELDS, source="app", license="MIT", index=0)
+    scrubbed, counts, risks = deidentify_record(Deidentifier(), record, ())
+    served = format_assessment_input(PatientCase(symptoms="dizzy when standing", age=93))
+    assert scrubbed.input == served and "Age: 90 or older" in served
+    assert counts["AGE"] == 0 and risks == []
+    # an age over 89 anywhere else is still an identifier, "or older" or not
+    deid = Deidentifier()
+    assert deid.scrub("Age: 93").text == "Age: [AGE]"
+    assert deid.scrub("Age: 95 or older").text == "Age: [AGE] or older"
+    assert deid.scrub("my aunt is 90 years old").text == "my aunt is [AGE] years old"

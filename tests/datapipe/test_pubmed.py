@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 
 import pytest
 from dp_helpers import EXAMPLES
+
 from healthnav.datapipe.pubmed import EutilsClient, EutilsError, RateLimiter
 from healthnav.datapipe.readers import read_pubmed
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from healthnav.datapipe.prompts import ASSESSMENT_INSTRUCTION, PatientCase, format_assessment_input
 from healthnav.datapipe.readers import (
     MCQ_INSTRUCTION,
@@ -135,7 +136,7 @@ def test_app_export_renders_the_server_prompt(examples_dir: Path) -> None:
     assert items[1].record is not None and items[1].record.metadata["red_flags"] == [
         "chest pain with cardiac features"
     ]
-    assert items[2].record is not None and "Age: 90" in items[2].record.input  # 93 → 90 or older
+    assert items[2].record is not None and "Age: 90 or older\n" in items[2].record.input  # 93
     errors = {i.location: i.error for i in items if i.error}
     assert errors == {
         "app_assessments.jsonl:6": "field 'symptoms' is missing or empty",

@@ -107,7 +107,7 @@ def create_tiny_model(
     tokenizer = build_tokenizer(corpus, vocab_size=vocab_size)
     config = build_config(family, vocab_size=len(tokenizer), hidden_size=hidden_size, layers=layers)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

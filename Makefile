@@ -36,3 +36,40 @@ demo: venv binaries ## The main job: data -> QLoRA -> eval -> Ray Serve -> opera
 
 bench: venv binaries ## Benchmarks; JSON results land in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
+
+# ---------------------------------------------------------------------------------------------
+# Images, chart and the kind quickstart (docs/install.md). Images need a Docker engine.
+# ---------------------------------------------------------------------------------------------
+REGISTRY ?= ghcr.io/healthnav
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGES := operator trainer server
+HELM ?= $(shell command -v helm 2>/dev/null || echo $(HEALTHNAV_CACHE)/bin/helm-$$(sed -n 's/^HELM_VERSION=//p' devenv/versions.env)/helm)
+SCAN_VENV := $(HEALTHNAV_CACHE)/tools/scan
+
+.PHONY: images images-push images-lint helm-lint scan-tools kind-up kind-demo
+
+images: ## Build the operator, trainer and server images as $(REGISTRY)/<name>:$(TAG)
+	@for image in $(IMAGES); do \
+	  docker build -f images/$$image/Dockerfile -t $(REGISTRY)/$$image:$(TAG) . || exit 1; \
+	done
+
+images-push: images ## Push the images to $(REGISTRY) with tag $(TAG)
+	@for image in $(IMAGES); do docker push $(REGISTRY)/$$image:$(TAG) || exit 1; done
+
+scan-tools: ## checkov, hadolint, shellcheck in their own virtualenv ($(SCAN_VENV))
+	@test -x $(SCAN_VENV)/bin/pip || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install -q -r hack/scan-requirements.txt
+
+images-lint: scan-tools ## hadolint the Dockerfiles
+	$(SCAN_VENV)/bin/hadolint --config images/.hadolint.yaml images/*/Dockerfile
+
+helm-lint: ## helm lint --strict the chart with every values preset
+	@for values in "" values-eks.yaml values-gke.yaml values-kind.yaml; do \
+	  $(HELM) lint --strict --kube-version 1.36.0 charts/healthnav $${values:+-f charts/healthnav/$$values} || exit 1; \
+	done
+
+kind-up: ## kind cluster + images + KubeRay + MinIO + the chart (needs docker, kind, helm, kubectl)
+	TAG=dev bash hack/kind/kind-up.sh
+
+kind-demo: venv ## On the kind cluster: stage a small model and data, fine-tune, serve, query
+	bash hack/kind/kind-demo.sh

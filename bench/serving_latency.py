@@ -12,6 +12,10 @@ directly in-process; the difference is the added latency.
 3. autoscaling: engine tokens take 20 ms each, 24 streams push ongoing requests above the
    target, the replica count is sampled until it rises, then load stops and it falls back.
 
+The app runs with :data:`healthnav.serving.app.SERVE_ENV` (Ray Serve's throughput-optimised
+mode without direct ingress), as ``hnav serve`` and production should; ``--ray-defaults``
+measures Ray's defaults for comparison. The settings used are recorded in the results.
+
 Results go to ``bench/results/serving_latency.json``.
 
     .venv/bin/python -m bench.serving_latency            # about 3 minutes on 2 cores
@@ -218,15 +222,22 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and shorter phases")
+    parser.add_argument(
+        "--ray-defaults", action="store_true", help="Ray Serve's default settings instead of SERVE_ENV"
+    )
     args = parser.parse_args()
     n = 100 if args.quick else 400
     level_s = 4.0 if args.quick else 8.0
 
     os.environ["HEALTHNAV_BENCH_KEYS"] = KEY
     import ray
-    from healthnav.serving.app import compose_app
     from ray import serve
 
+    from healthnav.serving.app import SERVE_ENV, compose_app
+
+    serve_env = {} if args.ray_defaults else SERVE_ENV
+    for key, value in serve_env.items():  # before ray.init: Serve's processes inherit them
+        os.environ.setdefault(key, value)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -237,8 +248,10 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "max_tokens": MAX_TOKENS,
+        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
     }
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

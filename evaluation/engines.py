@@ -249,15 +249,23 @@ class EndpointEngine:
         )
 
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> list[float]:
-        """Sum of the continuation's prompt log-probs via ``echo=True, logprobs=0, max_tokens=1``."""
+        """Sum of the continuation's prompt log-probs via ``echo=True, logprobs=0, max_tokens=0``.
+
+        ``max_tokens=0`` scores the prompt without generating (OpenAI legacy semantics, the
+        healthnav server and vLLM). The continuation's tokens are those whose text starts at or
+        after the end of the context once its trailing spaces are moved to the continuation,
+        exactly the split :func:`split_continuation` makes in-process, so served and local
+        scores agree.
+        """
         import openai
 
         scores = []
         for cont in continuations:
             text = context + cont
+            boundary = len(context.rstrip(" "))
             try:
                 resp = self.client.completions.create(
-                    model=self.model, prompt=text, max_tokens=1, temperature=0.0, echo=True, logprobs=0
+                    model=self.model, prompt=text, max_tokens=0, temperature=0.0, echo=True, logprobs=0
                 )
             except (openai.BadRequestError, openai.NotFoundError, openai.UnprocessableEntityError) as exc:
                 raise LoglikelihoodUnsupported(
@@ -274,7 +282,7 @@ class EndpointEngine:
             total = 0.0
             counted = 0
             for offset, value in zip(lp.text_offset, lp.token_logprobs, strict=False):
-                if len(context) <= offset < len(text) and value is not None:
+                if boundary <= offset < len(text) and value is not None:
                     total += float(value)
                     counted += 1
             if counted == 0:

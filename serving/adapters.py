@@ -81,6 +81,20 @@ class AdapterResolver:
                 self._lookups[name] = (now, uri)
         return ModelRef(name, uri) if uri else None
 
+    def needs_lookup(self, name: str) -> bool:
+        """Whether :meth:`resolve` would touch storage; if not, the router resolves inline.
+
+        Handing every request to a thread costs a context switch on the hot path; only a
+        discovery in the adapter prefix (an S3 round trip) deserves one.
+        """
+        if name == self.base_name or name in self.configured:
+            return False
+        if self.prefix is None or not ADAPTER_NAME_RE.match(name) or len(name) > 63:
+            return False
+        with self._lock:
+            cached = self._lookups.get(name)
+        return not (cached and self._clock() - cached[0] < self.ttl)
+
     def _discover(self, name: str) -> str | None:
         assert self.prefix is not None
         for candidate in (self.prefix.join(name, "adapter/"), self.prefix.join(name + "/")):

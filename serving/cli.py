@@ -16,8 +16,9 @@ app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 def load_config(path: Path):  # -> ServeAppConfig
     """Read a ServeAppConfig from YAML or JSON; errors name the file and the field."""
     import yaml
-    from healthnav.serving.config import ServeAppConfig
     from pydantic import ValidationError
+
+    from healthnav.serving.config import ServeAppConfig
 
     try:
         data = yaml.safe_load(path.read_text())
@@ -46,10 +47,15 @@ def serve_command(
         raise typer.Exit(2)
     cfg = load_config(config)
 
+    import os
+
     import ray
-    from healthnav.serving.app import build_app
     from ray import serve
 
+    from healthnav.serving.app import SERVE_ENV, build_app
+
+    for key, value in SERVE_ENV.items():  # before Ray starts: its workers inherit the environment
+        os.environ.setdefault(key, value)
     ray.init(num_cpus=num_cpus, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg.to_dict()), name="healthnav", route_prefix="/", blocking=False)

@@ -41,6 +41,10 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    logprobs: int | None = None
+    """Return each token's log-probability and the N most likely alternatives (None: don't)."""
+    echo: bool = False
+    """Score the prompt tokens too (OpenAI legacy ``echo``); ``max_tokens=0`` scores only them."""
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Chunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None
+    """On the last chunk when requested: OpenAI legacy ``logprobs`` for (prompt +) completion."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +66,7 @@ class Chunk:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "error": self.error,
+            "logprobs": self.logprobs,
         }
 
 
@@ -129,6 +136,66 @@ def check_context(prompt_tokens: int, max_tokens: int, max_model_len: int) -> No
             f"model's context of {max_model_len} tokens. Shorten the prompt or lower max_tokens.",
             param="max_tokens" if prompt_tokens < max_model_len else "messages",
         )
+
+
+@dataclass
+class TokenScores:
+    """Per-token log-probabilities of one sequence, engine-neutral (what OpenAI ``logprobs`` shows).
+
+    ``tokens[i]`` is the text token ``i`` adds to the decoded text, so the running sum of their
+    lengths is each token's character offset; ``top[i]`` maps alternative token texts to their
+    log-probabilities (``None`` where there is no prediction, e.g. the first prompt token).
+    """
+
+    tokens: list[str]
+    logprobs: list[float | None]
+    top: list[dict[str, float] | None]
+
+
+def incremental_token_texts(decode: Any, ids: list[int], window: int = 8) -> list[str]:
+    """The text each token adds, decoding it after a few preceding tokens (as vLLM detokenizes).
+
+    Decoding a token alone loses context (SentencePiece drops a leading space at the start of a
+    decode; byte-level pieces of one character split across tokens), so each token's text is
+    ``decode(prev + [tok])`` minus ``decode(prev)`` over a short window of predecessors.
+    """
+    out: list[str] = []
+    for i in range(len(ids)):
+        start = max(0, i - window)
+        before = decode(ids[start:i]) if i > start else ""
+        after = decode(ids[start : i + 1])
+        out.append(after[len(before) :])
+    return out
+
+
+def openai_logprobs(
+    prompt: TokenScores | None, completion: TokenScores, *, completion_offset: int, top_n: int
+) -> dict[str, Any]:
+    """OpenAI legacy ``logprobs`` for the echoed prompt (if any) followed by the completion.
+
+    Offsets are character positions in the returned ``text``: the prompt's tokens count from 0,
+    the completion's from ``completion_offset`` (``len(prompt)`` when echoed, else 0). ``top_n=0``
+    still reports the chosen token in ``top_logprobs``, as vLLM does.
+    """
+    tokens: list[str] = []
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    for part, offset in ((prompt, 0), (completion, completion_offset)):
+        if part is None:
+            continue
+        for tok, value, top in zip(part.tokens, part.logprobs, part.top, strict=True):
+            tokens.append(tok)
+            values.append(value)
+            offsets.append(offset)
+            offset += len(tok)
+            if top is None or value is None:
+                tops.append(None)
+            else:
+                best = dict(sorted(top.items(), key=lambda kv: -kv[1])[:top_n])
+                best.setdefault(tok, value)
+                tops.append(best)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
 def local_model_path(uri: str, cache_root: str | Path) -> str:
@@ -225,6 +292,12 @@ class TransformersEngine:
         ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]
         prompt_tokens = int(ids.shape[-1])
         check_context(prompt_tokens, sampling.max_tokens, self.max_model_len)
+        if sampling.max_tokens == 0:  # echo only: score the prompt, generate nothing
+            scores = None
+            if sampling.logprobs is not None:
+                scores = await asyncio.to_thread(self.score, ids[0].tolist(), [], "", sampling, adapter)
+            yield Chunk("", "length", prompt_tokens, 0, logprobs=scores)
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[list[int] | None] = asyncio.Queue()
         cancel = threading.Event()
@@ -239,6 +312,7 @@ class TransformersEngine:
         thread.start()
         generated: list[int] = []
         emitted = ""
+        sent = 0  # characters of completion text handed out, after stop-string cutting
         stopper = StopBuffer(sampling.stop)
         try:
             while (item := await queue.get()) is not None:
@@ -249,6 +323,7 @@ class TransformersEngine:
                 delta, emitted = text[len(emitted) :], text
                 out = stopper.feed(delta)
                 if out:
+                    sent += len(out)
                     yield Chunk(out, prompt_tokens=prompt_tokens, completion_tokens=len(generated))
                 if stopper.stopped:
                     cancel.set()
@@ -257,7 +332,14 @@ class TransformersEngine:
                 raise failure[0]
             tail = stopper.flush()
             finish = "stop" if stopper.stopped or len(generated) < sampling.max_tokens else "length"
-            yield Chunk(tail, finish, prompt_tokens, len(generated))
+            scores = None
+            if sampling.logprobs is not None:
+                thread.join()  # the model is shared: score once generation has let go of it
+                kept = emitted[: sent + len(tail)]
+                scores = await asyncio.to_thread(
+                    self.score, ids[0].tolist(), generated, kept, sampling, adapter
+                )
+            yield Chunk(tail, finish, prompt_tokens, len(generated), logprobs=scores)
         finally:
             cancel.set()  # client went away or we stopped: free the replica quickly
 
@@ -270,7 +352,6 @@ class TransformersEngine:
         cancel: threading.Event,
         failure: list[BaseException],
     ) -> None:
-        import contextlib
 
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -297,19 +378,84 @@ class TransformersEngine:
                 }
                 if not greedy:
                     kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-                ctx: Any = contextlib.nullcontext()
-                if self._adapters:
-                    if adapter is None:
-                        ctx = self.model.disable_adapter()
-                    else:
-                        self.model.set_adapter(adapter)
                 started = time.perf_counter()
-                with ctx, torch.inference_mode():
+                with self._adapter_context(adapter), torch.inference_mode():
                     self.model.generate(input_ids=ids.to(self.device), **kwargs)
                 log.debug("generation took %.3fs", time.perf_counter() - started)
         except BaseException as exc:  # surfaced to the caller by generate()
             failure.append(exc)
             streamer.end()
+
+    def _adapter_context(self, adapter: str | None) -> Any:
+        """Activate ``adapter`` (or bypass all adapters for the base model); call under the lock."""
+        import contextlib
+
+        if not self._adapters:
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    def score(
+        self,
+        prompt_ids: list[int],
+        completion_ids: list[int],
+        completion_text: str,
+        sampling: Sampling,
+        adapter: str | None,
+    ) -> dict[str, Any]:
+        """OpenAI ``logprobs`` from one forward pass over prompt + completion (blocking).
+
+        Log-probabilities are the model's raw distribution (before temperature or top-p), as
+        OpenAI and vLLM report them: position ``t`` scores token ``t`` given tokens ``< t``, so
+        the first prompt token has none. Completion tokens after a stop-string cut are dropped.
+        """
+        import torch
+
+        top_n = sampling.logprobs or 0
+        full = prompt_ids + completion_ids
+        with self._lock, self._adapter_context(adapter), torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([full], device=self.device)).logits[0]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)[:-1].cpu()
+        targets = torch.tensor(full[1:], dtype=torch.long)
+        chosen: list[float | None] = [None, *logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()]
+        alternatives: list[list[tuple[int, float]]] = [[]]
+        if top_n:
+            values, indices = logprobs.topk(top_n, dim=-1)
+            alternatives += [
+                list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+            ]
+        else:
+            alternatives += [[] for _ in full[1:]]
+
+        def decode(x: list[int]) -> str:
+            return self.tokenizer.decode(x, skip_special_tokens=True)
+
+        def part(ids: list[int], base: int) -> TokenScores:
+            texts = incremental_token_texts(decode, ids)
+            tops: list[dict[str, float] | None] = []
+            for i, tok in enumerate(texts):
+                value = chosen[base + i]
+                if value is None:
+                    tops.append(None)
+                    continue
+                window = ids[max(0, i - 8) : i]
+                prefix = decode(window)
+                alts = {decode([*window, a])[len(prefix) :]: v for a, v in alternatives[base + i]}
+                tops.append({**alts, tok: value})
+            return TokenScores(texts, chosen[base : base + len(ids)], tops)
+
+        prompt = part(prompt_ids, 0) if sampling.echo else None
+        completion = part(completion_ids, len(prompt_ids))
+        keep, offset = 0, 0
+        for tok in completion.tokens:  # drop tokens that start after a stop-string cut
+            if offset >= len(completion_text):
+                break
+            keep, offset = keep + 1, offset + len(tok)
+        completion = TokenScores(completion.tokens[:keep], completion.logprobs[:keep], completion.top[:keep])
+        prompt_chars = len(decode(prompt_ids)) if sampling.echo else 0
+        return openai_logprobs(prompt, completion, completion_offset=prompt_chars, top_n=top_n)
 
 
 class EchoEngine:
@@ -333,7 +479,12 @@ class EchoEngine:
         self, prompt: str, sampling: Sampling, *, adapter: str | None, request_id: str
     ) -> AsyncIterator[Chunk]:
         prompt_tokens = len(prompt.split())
+        if sampling.logprobs is not None:
+            raise EngineRequestError("the echo benchmark engine has no log-probabilities", param="logprobs")
         check_context(prompt_tokens, sampling.max_tokens, self.max_model_len)
+        if sampling.max_tokens == 0:
+            yield Chunk("", "length", prompt_tokens, 0)
+            return
         for i in range(1, sampling.max_tokens + 1):
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)

@@ -66,8 +66,11 @@ class RouterMetrics:
             self.ttft.observe(ttft_s, tags={"route": route, "model": model})
         if ct and gen_s > 0:
             self.tokens_per_second.observe(ct / gen_s, tags={"model": model})
-        self.tokens.inc(pt, tags={"model": model, "kind": "prompt"})
-        self.tokens.inc(ct, tags={"model": model, "kind": "completion"})
+        # Ray counters refuse increments of 0 (echo with max_tokens=0 generates nothing)
+        if pt:
+            self.tokens.inc(pt, tags={"model": model, "kind": "prompt"})
+        if ct:
+            self.tokens.inc(ct, tags={"model": model, "kind": "completion"})
 
 
 class EngineMetrics:

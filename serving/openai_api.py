@@ -2,7 +2,14 @@
 
 Kept free of Ray and FastAPI so the wire format is unit-tested on its own; ``app.py`` only wires
 these to HTTP. Unknown request fields are ignored (as OpenAI-compatible servers commonly do) so
-newer client versions keep working; fields we cannot honour (``n`` > 1) are refused with a 400.
+newer client versions keep working; but known OpenAI fields that change the answer and that we
+cannot honour (``n`` > 1, ``best_of``, ``suffix``, ``logit_bias``, penalties, chat ``logprobs``)
+are refused with a 400 naming the field, never silently dropped: a caller relying on them would
+otherwise get a subtly different answer without knowing.
+
+``/v1/completions`` implements the legacy ``echo`` + ``logprobs`` semantics (``max_tokens: 0``
+returns only the prompt's token log-probabilities), which is how lm-evaluation-harness scores
+multiple choice by log-likelihood against an OpenAI-compatible server.
 
 Chat requests are rendered with :func:`healthnav.datapipe.prompts.render_chat`, the same
 template the model was trained on. ``/v1/completions`` sends the prompt verbatim: that is what a
@@ -16,10 +23,11 @@ import time
 import uuid
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from healthnav.datapipe.prompts import render_chat
 from healthnav.serving.config import LimitsSpec
 from healthnav.serving.engine import EngineRequestError, Sampling
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Request(BaseModel):
@@ -45,6 +53,10 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+MAX_LOGPROBS = 5
+"""OpenAI's legacy limit on ``logprobs`` (alternatives per position)."""
+
+
 class _Sampling(_Request):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -55,6 +67,23 @@ class _Sampling(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="only n=1 is supported")
+    presence_penalty: float = Field(default=0.0, description="only 0 is supported")
+    frequency_penalty: float = Field(default=0.0, description="only 0 is supported")
+    logit_bias: dict[str, float] | None = Field(default=None, description="not supported")
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalties(cls, v: float) -> float:
+        if v:
+            raise ValueError("repetition penalties are not supported by this server; send 0 or omit it")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v:
+            raise ValueError("logit_bias is not supported by this server")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -72,11 +101,40 @@ class _Sampling(_Request):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = Field(
+        default=None, description="not supported on chat; use /v1/completions with logprobs"
+    )
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_chat_logprobs(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError("logprobs are not supported on chat completions; use /v1/completions")
+        return v
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(
+        default=16, ge=0, description="0 (with echo) scores the prompt without generating"
+    )
+    echo: bool = Field(default=False, description="return the prompt before the completion")
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="log-probabilities of each token and of the N most likely alternatives",
+    )
+    best_of: int | None = Field(default=None, ge=1, le=1, description="only best_of=1 is supported")
+    suffix: str | None = Field(default=None, description="insertion is not supported")
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (insertion) is not supported by this server")
+        return v
 
     @field_validator("prompt")
     @classmethod
@@ -137,10 +195,19 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI legacy logprobs: per token, its text, log-probability, alternatives and text offset."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None
 
 
@@ -190,7 +257,19 @@ def check_prompt_size(chars: int, limits: LimitsSpec, param: str) -> None:
 def sampling_for(req: _Sampling, limits: LimitsSpec, *, default_max_tokens: int | None = None) -> Sampling:
     """Engine sampling parameters, enforcing the server's max_tokens limit with a clear message."""
     requested = getattr(req, "max_completion_tokens", None) or req.max_tokens
-    max_tokens = requested or default_max_tokens or limits.max_tokens
+    echo = bool(getattr(req, "echo", False))
+    logprobs: int | None = getattr(req, "logprobs", None) if isinstance(req, CompletionRequest) else None
+    if requested == 0:
+        if not echo:
+            raise EngineRequestError("max_tokens=0 is only meaningful with echo=true", param="max_tokens")
+        max_tokens = 0
+    else:
+        max_tokens = requested or default_max_tokens or limits.max_tokens
+    if req.stream and (echo or logprobs is not None):
+        raise EngineRequestError(
+            "echo and logprobs are not supported with stream=true; send a non-streaming request",
+            param="echo" if echo else "logprobs",
+        )
     if max_tokens > limits.max_tokens:
         raise EngineRequestError(
             f"max_tokens={max_tokens} exceeds this server's limit of {limits.max_tokens}", param="max_tokens"
@@ -201,6 +280,8 @@ def sampling_for(req: _Sampling, limits: LimitsSpec, *, default_max_tokens: int 
         top_p=req.top_p,
         stop=req.stop_tuple(),
         seed=req.seed,
+        logprobs=logprobs,
+        echo=echo,
     )
 
 
@@ -227,13 +308,21 @@ def chat_completion(rid: str, model: str, text: str, finish: str | None, pt: int
     }
 
 
-def text_completion(rid: str, model: str, text: str, finish: str | None, pt: int, ct: int) -> dict[str, Any]:
+def text_completion(
+    rid: str,
+    model: str,
+    text: str,
+    finish: str | None,
+    pt: int,
+    ct: int,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
         "usage": usage(pt, ct),
     }
 

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from healthnav.serving.config import ServeAppConfig
-from healthnav.serving.engine import Chunk, EngineRequestError, Sampling, check_context, local_model_path
+from healthnav.serving.engine import (
+    Chunk,
+    EngineRequestError,
+    Sampling,
+    TokenScores,
+    check_context,
+    incremental_token_texts,
+    local_model_path,
+    openai_logprobs,
+)
 
 
 def engine_kwargs(config: ServeAppConfig, model_path: str) -> dict[str, Any]:
@@ -39,16 +48,51 @@ def engine_kwargs(config: ServeAppConfig, model_path: str) -> dict[str, Any]:
 
 
 def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
-    """``SamplingParams`` keyword arguments (OpenAI semantics map one to one)."""
+    """``SamplingParams`` keyword arguments (OpenAI semantics map one to one).
+
+    ``logprobs`` maps to vLLM's ``logprobs`` and, with ``echo``, to ``prompt_logprobs``. vLLM
+    must generate at least one token, so echo with ``max_tokens=0`` generates one and
+    :meth:`VLLMEngine.generate` discards it (what vLLM's own OpenAI server does).
+    """
     kwargs: dict[str, Any] = {
         "n": 1,
-        "max_tokens": sampling.max_tokens,
+        "max_tokens": max(1, sampling.max_tokens),
         "temperature": max(0.0, sampling.temperature),
         "top_p": sampling.top_p,
         "stop": list(sampling.stop) or None,
         "seed": sampling.seed,
     }
+    if sampling.logprobs is not None:
+        kwargs["logprobs"] = sampling.logprobs
+        if sampling.echo:
+            kwargs["prompt_logprobs"] = sampling.logprobs
     return kwargs
+
+
+def vllm_token_scores(decode: Any, token_ids: list[int], entries: list[Any] | None) -> TokenScores:
+    """vLLM's per-position ``{token_id: Logprob}`` dicts as engine-neutral :class:`TokenScores`.
+
+    The chosen token's text comes from our incremental decode (so offsets match the text we
+    return); alternatives use vLLM's ``decoded_token``. A ``None`` entry (the first prompt
+    token) has no log-probability.
+    """
+    texts = incremental_token_texts(decode, token_ids)
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    for i, tid in enumerate(token_ids):
+        entry = entries[i] if entries is not None and i < len(entries) else None
+        if not entry or tid not in entry:
+            values.append(None)
+            tops.append(None)
+            continue
+        values.append(float(entry[tid].logprob))
+        alts = {
+            (lp.decoded_token if lp.decoded_token is not None else decode([alt])): float(lp.logprob)
+            for alt, lp in entry.items()
+            if alt != tid
+        }
+        tops.append({**alts, texts[i]: values[-1]})
+    return TokenScores(texts, values, tops)
 
 
 class VLLMEngine:
@@ -100,14 +144,39 @@ class VLLMEngine:
         params = SamplingParams(**sampling_kwargs(sampling))
         emitted = ""
         finished = False
+        score_only = sampling.max_tokens == 0
         try:
             async for out in self.engine.generate(prompt, params, request_id, lora_request=lora):
                 completion = out.outputs[0]
-                delta, emitted = completion.text[len(emitted) :], completion.text
                 finished = bool(out.finished)
+                if score_only:
+                    if finished:
+                        yield Chunk("", "length", prompt_tokens, 0, logprobs=self._logprobs(out, sampling))
+                    continue
+                delta, emitted = completion.text[len(emitted) :], completion.text
                 reason = completion.finish_reason if finished else None
                 if delta or finished:
-                    yield Chunk(delta, reason, prompt_tokens, len(completion.token_ids))
+                    scores = self._logprobs(out, sampling) if finished else None
+                    yield Chunk(delta, reason, prompt_tokens, len(completion.token_ids), logprobs=scores)
         finally:
             if not finished:  # the client disconnected: stop spending GPU time on it
                 await self.engine.abort(request_id)
+
+    def _logprobs(self, out: Any, sampling: Sampling) -> dict[str, Any] | None:
+        """OpenAI ``logprobs`` from a finished vLLM ``RequestOutput`` (None when not requested)."""
+        if sampling.logprobs is None:
+            return None
+
+        def decode(ids: list[int]) -> str:
+            return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+        prompt_ids = list(out.prompt_token_ids or [])
+        prompt = vllm_token_scores(decode, prompt_ids, out.prompt_logprobs) if sampling.echo else None
+        completion = out.outputs[0]
+        if sampling.max_tokens == 0:
+            ids, entries = [], []
+        else:
+            ids, entries = list(completion.token_ids), completion.logprobs
+        scores = vllm_token_scores(decode, ids, entries)
+        offset = len(decode(prompt_ids)) if sampling.echo else 0
+        return openai_logprobs(prompt, scores, completion_offset=offset, top_n=sampling.logprobs)

@@ -1,9 +1,10 @@
 """The deployed model measured as users see it gives the same scores as the model in-process.
 
 A real Ray Serve app (transformers engine, CPU) serves the tiny base model and the trained
-adapter; ``run_evaluation`` goes through ``/v1/completions`` with the openai client. The
-healthnav server does not return prompt log-probabilities, so multiple choice is scored by the
-generated letter on both sides here, and the endpoint run must say that it fell back.
+adapter; ``run_evaluation`` goes through ``/v1/completions`` with the openai client. Multiple
+choice is scored by log-likelihood on both sides, as lm-evaluation-harness does: in-process from
+the logits, through the server from ``echo`` + ``logprobs`` prompt log-probabilities. The
+per-option log-likelihoods, not just the accuracies, must agree.
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from healthnav.evaluation.pipeline import EvalConfig, run_evaluation
 
 pytestmark = pytest.mark.slow
 
-COMPARED = ("rougeL", "bleu", "semanticSimilarity", "mcqAccuracy", "riskLevelAccuracy", "redFlagRecall")
+COMPARED = (
+    "rougeL",
+    "bleu",
+    "semanticSimilarity",
+    "mcqAccuracy",
+    "mcqAccuracyNorm",
+    "riskLevelAccuracy",
+    "redFlagRecall",
+)
 
 
 def _free_port() -> int:
@@ -30,9 +40,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def endpoint(tiny_model: Path, trained_adapter: Path) -> Iterator[str]:
     import ray
+    from ray import serve
+
     from healthnav.serving.app import build_app
     from healthnav.serving.config import ServeAppConfig
-    from ray import serve
 
     cfg = ServeAppConfig.model_validate(
         {
@@ -57,15 +68,15 @@ def endpoint(tiny_model: Path, trained_adapter: Path) -> Iterator[str]:
         ray.shutdown()
 
 
-def _predictions(out: Path, model: str) -> dict[str, str | None]:
+def _rows(out: Path, model: str) -> dict[str, dict]:
     rows = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
-    return {r["id"]: r["prediction"] for r in rows if r["model"] == model}
+    return {r["id"]: r for r in rows if r["model"] == model}
 
 
 def test_served_scores_equal_in_process_scores(
     endpoint: str, tiny_model: Path, trained_adapter: Path, dataset_dir: Path, tmp_path: Path
 ) -> None:
-    common = {"dataset": str(dataset_dir), "maxNewTokens": 40, "mcqScoring": "generated"}
+    common = {"dataset": str(dataset_dir), "maxNewTokens": 40, "mcqScoring": "loglikelihood"}
     run_evaluation(
         EvalConfig.model_validate(
             {
@@ -90,28 +101,20 @@ def test_served_scores_equal_in_process_scores(
     )
     assert not served.partial, served.gate.message
     for label in ("candidate", "base"):
-        assert _predictions(tmp_path / "s", label) == _predictions(tmp_path / "l", label)
+        local, remote = _rows(tmp_path / "l", label), _rows(tmp_path / "s", label)
+        assert local.keys() == remote.keys()
+        mcq = [i for i, r in local.items() if r["kind"] == "mcq"]
+        assert mcq, "the dataset must contain multiple-choice items"
+        for item in local:
+            assert remote[item]["prediction"] == local[item]["prediction"], (label, item)
+            assert remote[item]["choice"] == local[item]["choice"], (label, item)
+        for item in mcq:
+            assert remote[item]["option_logprobs"] == pytest.approx(local[item]["option_logprobs"], abs=1e-3)
     local_doc = json.loads((tmp_path / "l" / "eval" / "metrics.json").read_text())
     served_doc = json.loads((tmp_path / "s" / "eval" / "metrics.json").read_text())
     for label in ("candidate", "base"):
+        assert served_doc[label]["mcqMethod"] == local_doc[label]["mcqMethod"] == "loglikelihood"
         for key in COMPARED:
             assert served_doc[label][key] == pytest.approx(local_doc[label][key], abs=1e-6), (label, key)
+    assert not any("not log-likelihood" in n for n in served_doc["notes"])
     assert served.metrics["latencyP50Seconds"] > 0 and served.metrics["ttftP50Seconds"] > 0
-
-
-def test_endpoint_without_prompt_logprobs_falls_back_and_says_so(
-    endpoint: str, dataset_dir: Path, tmp_path: Path
-) -> None:
-    run_evaluation(
-        EvalConfig(
-            dataset=str(dataset_dir),
-            endpoint=endpoint,
-            model="triage",
-            output=str(tmp_path),
-            max_new_tokens=8,
-            skip_base=True,
-        )
-    )
-    doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert doc["candidate"]["mcqMethod"] == "generated"
-    assert any("not log-likelihood" in n for n in doc["notes"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from typer.testing import CliRunner
+
 from healthnav.serving.cli import app as serve_cli
 from healthnav.serving.redflags import RULES, detect_red_flags, emergency_advice, red_flag_report
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.unit
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+
 from healthnav.serving.config import ServeAppConfig
 
 KEYS_ENV = "HEALTHNAV_TEST_SERVE_KEYS"
@@ -51,8 +52,9 @@ def served(
     s3, tiny_model: Path, tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     import ray
-    from healthnav.serving.app import build_app
     from ray import serve
+
+    from healthnav.serving.app import build_app
 
     bucket = s3.create_bucket(f"serving-{uuid.uuid4().hex[:8]}")
     prefix = f"s3://{bucket}/finetunes/team-a/"
@@ -171,6 +173,57 @@ def test_stop_sequence_cuts_the_output(served: Served) -> None:
     assert stop.strip(), f"tiny model output too short to pick a stop string: {whole!r}"
     cut = _greedy(served, "tiny", stop=[stop])
     assert cut == whole[: whole.index(stop)]
+
+
+def test_echo_and_logprobs_score_the_prompt_as_lm_eval_expects(served: Served) -> None:
+    """``echo`` + ``logprobs`` + ``max_tokens=0``: the prompt's token log-probabilities, nothing generated."""
+    prompt = "Patient reports fever and cough."
+
+    def score(model: str) -> openai.types.Completion:
+        return served.client().completions.create(
+            model=model, prompt=prompt, max_tokens=0, echo=True, logprobs=1, temperature=0
+        )
+
+    adapted, base = score("triage"), score("tiny")
+    choice = adapted.choices[0]
+    lp = choice.logprobs
+    assert choice.text == prompt and adapted.usage.completion_tokens == 0
+    assert "".join(lp.tokens) == prompt and len(lp.tokens) == adapted.usage.prompt_tokens
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    assert lp.token_logprobs[0] is None and all(v < 0 for v in lp.token_logprobs[1:])
+    assert all(tok in top for tok, top in zip(lp.tokens[1:], lp.top_logprobs[1:], strict=True))
+    assert base.choices[0].logprobs.token_logprobs != lp.token_logprobs  # the adapter is applied
+    generated = served.client().completions.create(
+        model="tiny", prompt=prompt, max_tokens=4, echo=True, logprobs=0, temperature=0
+    )
+    assert (
+        generated.choices[0].text
+        == prompt + _greedy(served, "tiny")[: len(generated.choices[0].text) - len(prompt)]
+    )
+    assert len(generated.choices[0].logprobs.tokens) > len(lp.tokens)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/v1/completions", {"prompt": "x", "echo": True, "logprobs": 1, "stream": True}, "stream=true"),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "echo"),
+        ("/v1/completions", {"prompt": "x", "logprobs": 9}, "logprobs"),
+        ("/v1/completions", {"prompt": "x", "best_of": 3}, "best_of"),
+        ("/v1/completions", {"prompt": "x", "frequency_penalty": 1.0}, "penalties"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "logprobs": True},
+            "logprobs",
+        ),
+    ],
+)
+def test_options_the_server_cannot_honour_are_refused_not_ignored(
+    served: Served, path: str, body: dict, words: str
+) -> None:
+    resp = served.post(path, {"model": "tiny", **body})
+    assert resp.status_code == 400, resp.text
+    assert words in resp.json()["error"]["message"]
 
 
 # --- multi-LoRA ------------------------------------------------------------------------------------

@@ -7,13 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from healthnav.serving.adapters import AdapterCache, AdapterError, AdapterResolver
 from healthnav.serving.assessment import DISCLAIMER, FALLBACK_RISK, build_assessment
 from healthnav.serving.config import ServeAppConfig
 from healthnav.serving.engine import EngineRequestError, StopBuffer, check_context
 from healthnav.serving.openai_api import ChatCompletionRequest, chat_prompt, sampling_for
 from healthnav.serving.redflags import detect_red_flags
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.unit
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from healthnav.evaluation.gates import EvaluationGates
 from healthnav.schema import CamelModel
 
 # Exit codes of `hnav train`. The operator's podFailurePolicy fails a Job at once on
@@ -118,6 +119,10 @@ class TrainerConfig(CamelModel):
     """Also write a merged full-precision model under merged/."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Where to train; auto picks CUDA when present."""
+    evaluation: EvaluationGates | None = None
+    """Evaluate the adapter against the base model on the test split right after training, in the
+    same pod, and write ``<output>/eval/`` (report and ``metrics.json`` with the gate verdict) for
+    the operator's Evaluated/GatePassed conditions. None skips evaluation."""
 
     @model_validator(mode="after")
     def _quantization_matches_method(self) -> TrainerConfig:

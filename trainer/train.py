@@ -500,6 +500,28 @@ class Trainer:
         return metrics
 
 
+def evaluate_adapter(config: TrainerConfig) -> str:
+    """Run the post-training evaluation and gates; returns a one-line verdict for the message.
+
+    A failed gate is a result, not an error: training succeeded and the operator turns the verdict
+    into the GatePassed condition. An evaluation that cannot run raises (retryable: the next
+    attempt resumes from the final checkpoint and only re-evaluates).
+    """
+    from healthnav.evaluation.pipeline import EvalConfig, run_evaluation
+
+    outcome = run_evaluation(
+        EvalConfig(
+            dataset=config.dataset,
+            base_model=config.base_model,
+            adapter=str(storage.StorageURI.parse(config.output).as_prefix().join("adapter/")),
+            gates=config.evaluation,
+            output=config.output,
+        )
+    )
+    log.info("evaluation: %s", outcome.gate.message)
+    return f"evaluation gates {'passed' if outcome.passed else 'failed'}"
+
+
 def _record_base_model(adapter_dir: Path, base_model: str) -> None:
     """Name the base model by its URI in adapter_config.json (not the pod's temporary path)."""
     path = adapter_dir / "adapter_config.json"
@@ -537,6 +559,8 @@ def run(
                     f"succeeded: {metrics['steps']} steps, loss {metrics['trainLoss']}, "
                     f"adapter {trainer.output.join('adapter/')}"
                 )
+                if config.evaluation is not None and trainer.dist.is_main:
+                    msg += "; " + evaluate_adapter(config)
                 result = RunResult(EXIT_OK, msg, trainer.state.step, len(trainer.plan), metrics)
     except Exception as exc:
         code, msg = _exit_for(exc)

@@ -314,3 +314,19 @@ def test_ddp_two_cpu_processes_with_gloo(tiny_models, dataset, tmp_path) -> None
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["worldSize"] == 2 and metrics["steps"] == 6
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_evaluation_gates_run_in_the_training_pod(tiny_models, records, tmp_path) -> None:
+    """With gates configured, the trainer evaluates right after training and leaves the verdict
+    in <output>/eval/metrics.json, where the operator reads it for GatePassed."""
+    test_split = write_dataset(file_uri(tmp_path / "ds"), records)  # a 2-record test split
+    out = tmp_path / "out"
+    cfg = make_config(tiny_models["mistral"], test_split, file_uri(out), maxSteps=4)
+    cfg = cfg.model_copy(update={"evaluation": {"rougeL": 0.99, "minExamples": 1}})
+    cfg = TrainerConfig.model_validate(cfg.to_dict())
+    result = _run(cfg, tmp_path)
+    assert result.exit_code == EXIT_OK, result.message
+    assert result.message.endswith("evaluation gates failed")  # a 4-step tiny model cannot reach 0.99
+    verdict = json.loads((out / "eval" / "metrics.json").read_text())
+    assert verdict["passed"] is False and verdict["gates"]["reason"] == "GatesFailed"
+    assert (out / "eval" / "report.html").exists()

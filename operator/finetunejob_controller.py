@@ -1,0 +1,437 @@
+"""FineTuneJob reconcile: observe, create what is missing, derive status, write it if it changed.
+
+Level-based, like a controller-runtime reconciler: every trigger (the FineTuneJob itself, its
+Job, its pods, its progress ConfigMap, a retry, the periodic resync) runs the same
+:meth:`FineTuneJobController.reconcile` for that object, which looks at the whole current
+state. Nothing depends on having seen a particular event, which is what makes a restart at
+any moment safe:
+
+* children have deterministic names and are created with create-or-get, so a second
+  operator process (or a replay) finds the Job rather than creating another;
+* status is recomputed from the Job, pods and progress ConfigMap (see
+  :mod:`finetunejob_status`) and written with the object's resourceVersion as a
+  precondition, so a stale writer loses (409) and retries from fresh state.
+
+A Job deleted behind the operator's back is recreated (Warning event ``JobRecreated``): the
+trainer resumes from its last checkpoint in the output prefix, so the cost is bounded, and
+"the FineTuneJob says Running but nothing runs" is never a state the user can get stuck in.
+To stop training, set ``spec.suspend: true`` or delete the FineTuneJob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import ValidationError
+
+from healthnav.operator import metrics
+from healthnav.operator.finetunejob_manifests import children, run_output_uri
+from healthnav.operator.finetunejob_spec import API_VERSION, KIND, PLURAL, TERMINAL_PHASES, FineTuneJobSpec
+from healthnav.operator.finetunejob_status import (
+    Observation,
+    compute_status,
+    status_changed,
+    transition_events,
+)
+from healthnav.operator.kube import Kube, KubeError
+from healthnav.operator.settings import OperatorSettings
+
+log = logging.getLogger("healthnav.operator.finetunejob")
+
+Key = tuple[str, str]
+# Lookups into the operator's in-memory indexes of children (kopf indexes in production).
+ChildLookup = Callable[[Key], list[dict[str, Any]]]
+
+
+def validation_message(exc: ValidationError) -> str:
+    """``spec.training.epochs: Input should be greater than 0`` — the field path, then the problem."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"spec.{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
+def parse_spec(body: Mapping[str, Any]) -> tuple[FineTuneJobSpec | None, str | None]:
+    try:
+        return FineTuneJobSpec.model_validate(body.get("spec") or {}), None
+    except ValidationError as exc:
+        return None, validation_message(exc)
+
+
+class FineTuneJobController:
+    """Owns reconciliation of FineTuneJobs for one operator process."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        jobs: ChildLookup,
+        pods: ChildLookup,
+        progress: ChildLookup,
+        read_json: Callable[[str], dict[str, Any] | None] | None = None,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self._jobs, self._pods, self._progress = jobs, pods, progress
+        self._read_json = read_json or read_json_from_storage
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._due: dict[Key, float] = {}
+        self._failures: dict[Key, int] = {}
+        self._own_writes: dict[Key, str] = {}
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._metrics_cache: dict[Key, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
+        self.phases: dict[Key, str | None] = {}
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Events are best effort and must not queue in front of the reconciles' API calls.
+        self._event_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
+        metrics.PHASES.register(KIND, lambda: self.phases)
+
+    # --- bookkeeping driven by the FineTuneJob watch ---------------------------------------
+
+    def observe(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """Record the phase; False when this event is the echo of our own status write."""
+        self.phases[key] = (body.get("status") or {}).get("phase")
+        rv = body.get("metadata", {}).get("resourceVersion")
+        return not (rv and self._own_writes.get(key) == rv)
+
+    def forget(self, key: Key) -> None:
+        for store in (
+            self.phases,
+            self._due,
+            self._failures,
+            self._own_writes,
+            self._metrics_cache,
+            self._locks,
+        ):
+            store.pop(key, None)  # type: ignore[attr-defined]
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def requeue(self, key: Key, delay: float) -> None:
+        due = time.monotonic() + delay
+        if key not in self._due or self._due[key] > due:
+            self._due[key] = due
+            self._wakeup.set()
+
+    async def run_requeues(self, stop: asyncio.Event | None = None) -> None:
+        """Retry failed reconciles with backoff, re-check Evaluating jobs, and resync periodically."""
+        next_resync = time.monotonic() + self.settings.resync_seconds
+        while stop is None or not stop.is_set():
+            now = time.monotonic()
+            if now >= next_resync:
+                for key, phase in list(self.phases.items()):
+                    if phase not in TERMINAL_PHASES:
+                        self._due.setdefault(key, now)
+                next_resync = now + self.settings.resync_seconds
+            due = [k for k, t in self._due.items() if t <= now]
+            for key in due:
+                self._due.pop(key, None)
+                task = asyncio.create_task(self.reconcile_safely(*key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            wait = min([next_resync - now, *(t - now for t in self._due.values())], default=1.0)
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.05, min(wait, 60.0)))
+
+    async def reconcile_safely(
+        self, namespace: str, name: str, body: Mapping[str, Any] | None = None
+    ) -> None:
+        """Reconcile, coalescing triggers: while one runs for an object, further triggers only
+        mark it dirty and it runs once more afterwards (a burst of Job/pod/ConfigMap events
+        costs two reconciles, not one per event)."""
+        key = (namespace, name)
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running.add(key)
+        try:
+            await self._reconcile_counted(key, body)
+            while key in self._dirty:
+                self._dirty.discard(key)
+                await self._reconcile_counted(key, None)
+        finally:
+            self._running.discard(key)
+
+    async def _reconcile_counted(self, key: Key, body: Mapping[str, Any] | None) -> None:
+        """Reconcile; on error count it, log it (without the spec) and retry with backoff."""
+        namespace, name = key
+        started = time.perf_counter()
+        try:
+            requeue = await self.reconcile(namespace, name, body)
+        except Exception as exc:
+            n = self._failures.get(key, 0) + 1
+            self._failures[key] = n
+            delay = min(300.0, 0.5 * 2 ** min(n, 10)) * (0.75 + random.random() / 2)
+            metrics.RECONCILES.labels(KIND, "error").inc()
+            metrics.ERRORS.labels(KIND, type(exc).__name__).inc()
+            log.warning(
+                "reconcile of %s/%s failed (%s: %s); retry %d in %.1fs",
+                namespace,
+                name,
+                type(exc).__name__,
+                exc,
+                n,
+                delay,
+            )
+            self.requeue(key, delay)
+            return
+        finally:
+            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
+        self._failures.pop(key, None)
+        metrics.RECONCILES.labels(KIND, "ok").inc()
+        if requeue is not None:
+            self.requeue(key, requeue)
+
+    # --- the reconcile --------------------------------------------------------------------
+
+    async def reconcile(
+        self, namespace: str, name: str, body: Mapping[str, Any] | None = None
+    ) -> float | None:
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            for attempt in range(self.settings.max_status_retries):
+                if body is None or attempt > 0:
+                    body = await self.kube.run(self.kube.get_or_none, API_VERSION, PLURAL, namespace, name)
+                    if body is None:
+                        self.forget(key)
+                        return None
+                try:
+                    return await self._reconcile_once(key, dict(body))
+                except KubeError as exc:
+                    if not exc.is_conflict or exc.is_already_exists:
+                        raise
+                    metrics.RECONCILES.labels(KIND, "conflict").inc()
+                    body = None  # somebody else wrote: start over from fresh state
+            raise RuntimeError(f"status of {namespace}/{name} kept conflicting")
+
+    async def _reconcile_once(self, key: Key, ftj: dict[str, Any]) -> float | None:
+        namespace, name = key
+        meta = ftj["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None  # garbage collection removes the children
+        old_status = ftj.get("status") or {}
+        generation = meta.get("generation")
+        if old_status.get("phase") in TERMINAL_PHASES and old_status.get("observedGeneration") == generation:
+            self.phases[key] = old_status["phase"]
+            return None  # finished; nothing can change any more (the spec is immutable)
+
+        spec, spec_error = parse_spec(ftj)
+        obs = Observation(
+            spec_error=spec_error, evaluation_timeout_seconds=self.settings.evaluation_timeout_seconds
+        )
+        requeue: float | None = None
+        if spec is not None:
+            obs.run_output = run_output_uri(spec, self.settings, namespace, name)
+            jobs = [j for j in self._jobs(key) if not j["metadata"].get("deletionTimestamp")]
+            job = jobs[0] if jobs else None
+            if job is None and self._jobs(key):
+                requeue = 1.0  # the old Job is still being deleted; recreate once it is gone
+            elif job is None:
+                try:
+                    job, recreated = await self._create_children(ftj, spec)
+                    obs.job_recreated = recreated
+                except ValueError as exc:  # no output URI anywhere
+                    obs.spec_error = str(exc)
+            if job is not None:
+                job = await self._sync_suspend(ftj, job, spec)
+            obs.job = job
+            obs.pods = self._pods(key)
+            progress = self._progress(key)
+            obs.progress = progress[0] if progress else None
+            if job is not None and _job_done(job) and obs.run_output:
+                obs.metrics, obs.eval_metrics = await self._read_results(key, spec, obs.run_output)
+
+        new_status, status_requeue = compute_status(ftj, spec if obs.spec_error is None else None, obs)
+        if status_changed(old_status, new_status):
+            await self._write_status(key, ftj, old_status, new_status)
+        self.phases[key] = new_status.get("phase")
+        return min((r for r in (requeue, status_requeue) if r is not None), default=None)
+
+    async def _create_children(
+        self, ftj: dict[str, Any], spec: FineTuneJobSpec
+    ) -> tuple[dict[str, Any], bool]:
+        """Create-or-get the Job, then everything its pod needs; returns (Job, recreated).
+
+        The Job goes first, suspended: it is the deterministic "this FineTuneJob has started"
+        marker (one round trip after the event), and suspended it creates no pod until the
+        ServiceAccount, ConfigMaps and RBAC exist (a pod created earlier would be rejected for
+        its missing ServiceAccount and retried with back-off). :meth:`_sync_suspend` then
+        releases it.
+        """
+        before, job_manifest = children(ftj, spec, self.settings)
+        job_manifest["spec"]["suspend"] = True
+        job, created = await self.kube.run(self.kube.create_or_get, job_manifest)
+        await self._ensure(before)
+        recreated = False
+        if created:
+            metrics.CHILDREN_CREATED.labels(KIND, "Job").inc()
+            recreated = bool((ftj.get("status") or {}).get("jobName"))
+            if recreated:
+                self._event(
+                    ftj, "Warning", "JobRecreated", f"Job {job['metadata']['name']} was deleted; recreated it"
+                )
+            log.info("created Job %s/%s", job["metadata"]["namespace"], job["metadata"]["name"])
+        return job, recreated
+
+    async def _ensure(self, objects: list[dict[str, Any]]) -> None:
+        results = await asyncio.gather(*(self.kube.run(self.kube.create_or_get, obj) for obj in objects))
+        for obj, (_, created) in zip(objects, results, strict=True):
+            if created:
+                metrics.CHILDREN_CREATED.labels(KIND, obj["kind"]).inc()
+
+    async def _sync_suspend(
+        self, ftj: dict[str, Any], job: dict[str, Any], spec: FineTuneJobSpec
+    ) -> dict[str, Any]:
+        current = bool((job.get("spec") or {}).get("suspend"))
+        desired = spec.suspend
+        if spec.queue_name and not desired:
+            return job  # Kueue decides when a queued Job runs
+        if current == desired or _job_done(job):
+            return job
+        if not desired:
+            # Releasing a Job: make sure what its pod needs exists (an operator that died right
+            # after creating the suspended Job left them missing). Existing objects cost a 409.
+            before, _ = children(ftj, spec, self.settings)
+            await self._ensure(before)
+        meta = job["metadata"]
+        return await self.kube.run(
+            self.kube.merge_patch,
+            "batch/v1",
+            "jobs",
+            meta["namespace"],
+            meta["name"],
+            {"spec": {"suspend": desired}},
+        )
+
+    async def _read_results(
+        self, key: Key, spec: FineTuneJobSpec, run_output: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        if not self.settings.read_metrics:
+            return None, None
+        cached = self._metrics_cache.get(key)
+        if cached and (cached[1] is not None or spec.evaluation is None):
+            return cached
+        base = run_output.rstrip("/")
+        train = await self.kube.run(self._read_json, f"{base}/metrics.json")
+        evaluation = None
+        if spec.evaluation is not None:
+            evaluation = await self.kube.run(self._read_json, f"{base}/eval/metrics.json")
+        if train is not None and (evaluation is not None or spec.evaluation is None):
+            self._metrics_cache[key] = (train, evaluation)
+        return train, evaluation
+
+    async def _write_status(
+        self, key: Key, ftj: dict[str, Any], old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        namespace, name = key
+        patch_status: dict[str, Any] = dict(new)
+        for gone in set(old) - set(new):
+            patch_status[gone] = None  # merge patch: null deletes
+        patch = {"metadata": {"resourceVersion": ftj["metadata"]["resourceVersion"]}, "status": patch_status}
+        written = await self.kube.run(
+            self.kube.merge_patch, API_VERSION, PLURAL, namespace, name, patch, "status"
+        )
+        self._own_writes[key] = written["metadata"]["resourceVersion"]
+        for event in transition_events(old, new):
+            self._event(written, event.type, event.reason, event.message)
+
+    def _event(self, ftj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post an Event without making the reconcile wait for (or fail on) it."""
+        involved = {"apiVersion": API_VERSION, "kind": KIND, "metadata": ftj["metadata"]}
+
+        def post() -> None:
+            try:
+                self.kube.post_event(involved, type_, reason, message)
+            except Exception as exc:  # events are best effort
+                log.debug("event %s for %s not posted: %s", reason, ftj["metadata"]["name"], exc)
+
+        self._event_executor.submit(post)
+
+
+def _job_done(job: Mapping[str, Any]) -> bool:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        # SuccessCriteriaMet precedes Complete (Kubernetes >= 1.31): the status may already say
+        # Succeeded then, so results must be read from that point on.
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet", "Failed") and cond.get("status") == "True":
+            return True
+    return False
+
+
+def read_json_from_storage(uri: str) -> dict[str, Any] | None:
+    """A JSON document from s3:// or file:// via healthnav.datapipe.storage; None when absent or unreachable.
+
+    The operator may legitimately have no access to the output bucket (credentials only in
+    the training pod); then the adapter URI is still reported, the metrics are not.
+    """
+    from healthnav.datapipe import storage
+
+    try:
+        doc = json.loads(storage.read_text(uri))
+    except storage.StorageError:
+        log.info("%s does not exist (yet)", uri)
+        return None
+    except Exception as exc:  # unreachable endpoint, access denied, malformed JSON
+        log.info("could not read %s: %s", uri, type(exc).__name__)
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def project_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the controller needs of a Job (kept in memory for every training Job)."""
+    meta = body.get("metadata") or {}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": {"suspend": (body.get("spec") or {}).get("suspend")},
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        },
+        "spec": {"nodeName": (body.get("spec") or {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase"),
+            "reason": status.get("reason"),
+            "message": status.get("message"),
+            "conditions": [c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"],
+            "containerStatuses": [
+                {"name": c.get("name"), "state": c.get("state"), "lastState": c.get("lastState")}
+                for c in status.get("containerStatuses") or []
+            ],
+        },
+    }
+
+
+def project_progress(body: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(body.get("data") or {})
+
+
+def as_list(values: Iterable[Any] | None) -> list[Any]:
+    return list(values) if values is not None else []

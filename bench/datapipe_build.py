@@ -174,6 +174,7 @@ def generate(path: Path, n: int, seed: int = 7) -> None:
 def run_one(n: int) -> dict[str, object]:
     """Generate and build ``n`` records in this process; returns figures."""
     import yaml
+
     from healthnav.datapipe.build import build_dataset, load_config
 
     with tempfile.TemporaryDirectory(prefix="hnav-bench-") as tmp:

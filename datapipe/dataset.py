@@ -22,9 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from healthnav.datapipe import storage
 from healthnav.datapipe.records import SCHEMA_VERSION, TrainingRecord
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MANIFEST_NAME = "manifest.json"
 DATACARD_NAME = "datacard.md"

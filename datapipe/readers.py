@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import ValidationError
+
 from healthnav.datapipe.deid import kind_for_field
 from healthnav.datapipe.prompts import (
     ASSESSMENT_INSTRUCTION,
@@ -41,7 +43,6 @@ from healthnav.datapipe.prompts import (
     format_assessment_output,
 )
 from healthnav.datapipe.records import TrainingRecord
-from pydantic import ValidationError
 
 MCQ_INSTRUCTION = (
     "Answer the following multiple-choice medical question. Give the letter and text of the "

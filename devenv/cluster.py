@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
 from healthnav.devenv import processes
 from healthnav.devenv.binaries import cache_dir, ensure_binaries
 from healthnav.devenv.pki import create_pki

@@ -102,8 +102,9 @@ def eval_command(
     """Evaluate a model (and adapter) on a dataset's test split; compare, gate and write the report."""
     import logging
 
-    from healthnav.evaluation.pipeline import EvalConfig, EvaluationInputError, run_evaluation
     from pydantic import ValidationError
+
+    from healthnav.evaluation.pipeline import EvalConfig, EvaluationInputError, run_evaluation
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -33,13 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field, model_validator
+
 from healthnav.datapipe import storage
 from healthnav.evaluation.gates import EvaluationGates, GateResult, evaluate_gates
 from healthnav.evaluation.metrics import CostModel
 from healthnav.evaluation.runner import ModelEvaluation
 from healthnav.evaluation.tasks import EvalItem
-from pydantic import Field, model_validator
-
 from healthnav.schema import CamelModel
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from healthnav.datapipe import storage
-from healthnav.evaluation.tasks import EvalItem
 from pydantic import Field, ValidationError
 
+from healthnav.datapipe import storage
+from healthnav.evaluation.tasks import EvalItem
 from healthnav.schema import CamelModel
 
 

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
 from healthnav.devenv.cluster import LocalCluster
 from healthnav.devenv.s3 import LocalS3
 

@@ -154,6 +154,6 @@ def pretrain_tiny_model(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = float(loss)
+        loss_value = loss.item()
     model.save_pretrained(model_dir, safe_serialization=True)
     return loss_value

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from healthnav.evaluation.gates import EvaluationGates, evaluate_gates
 from pydantic import ValidationError
+
+from healthnav.evaluation.gates import EvaluationGates, evaluate_gates
 
 pytestmark = pytest.mark.unit
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from eval_helpers import make_records, write_dataset
-from healthnav.evaluation.pipeline import EvalConfig, EvaluationInputError, run_evaluation
 from typer.testing import CliRunner
 
 from healthnav.cli import app
+from healthnav.evaluation.pipeline import EvalConfig, EvaluationInputError, run_evaluation
 
 GATES = {"rougeL": 0.30, "mcqAccuracy": 0.45, "maxRegressionVsBase": 0.0}
 

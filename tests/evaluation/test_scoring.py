@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
 from healthnav.datapipe.prompts import render_prompt
 from healthnav.datapipe.records import TrainingRecord
 from healthnav.evaluation.engines import Generation, LoglikelihoodUnsupported, split_continuation
@@ -104,6 +105,7 @@ def test_split_continuation_moves_trailing_space_like_lm_eval(tiny_model: Path) 
 def test_local_loglikelihood_equals_hand_computed_token_by_token(tiny_model: Path) -> None:
     """The batched, padded scoring equals summing log-softmax of one unpadded forward per token."""
     import torch
+
     from healthnav.evaluation.engines import LocalEngine
 
     engine = LocalEngine(tiny_model, device="cpu")

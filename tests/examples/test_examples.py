@@ -21,7 +21,10 @@ CRDS = REPO / "charts" / "healthnav" / "crds"
 MANIFESTS = sorted(
     p
     for p in (REPO / "examples").rglob("*.yaml")
-    if any(doc and doc.get("apiVersion", "").startswith("healthnav.io/") for doc in yaml.safe_load_all(p.read_text()))
+    if any(
+        doc and doc.get("apiVersion", "").startswith("healthnav.io/")
+        for doc in yaml.safe_load_all(p.read_text())
+    )
 )
 
 

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from kubernetes import client
+
 from healthnav.devenv import processes
 from healthnav.devenv.cluster import LocalCluster, kubectl_path
-from kubernetes import client
 
 pytestmark = pytest.mark.cluster
 

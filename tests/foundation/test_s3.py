@@ -6,6 +6,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+
 from healthnav.datapipe import storage
 from healthnav.datapipe.storage import StorageError, StorageURI
 

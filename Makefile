@@ -8,7 +8,7 @@ HNAV := $(VENV)/bin/hnav
 export HEALTHNAV_CACHE ?= $(HOME)/.cache/healthnav
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help venv binaries lint test test-unit test-cluster demo bench clean-cluster
+.PHONY: help venv binaries lint test demo bench
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,8 +28,8 @@ lint: venv ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: venv binaries lint ## Lint and every test that runs on a CPU machine
-	$(VENV)/bin/pytest -m 'not gpu or gpu' $(PYTEST_ARGS)
+test: venv binaries scan-tools lint ## Lint and every test that runs on a CPU machine
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: venv binaries ## The main job: data -> QLoRA -> eval -> Ray Serve -> operator, locally
 	$(HNAV) demo

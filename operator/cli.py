@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
+log = logging.getLogger("healthnav.operator")
 
 DEFAULT_CRD_DIR = Path("charts/healthnav/crds")
 
@@ -178,6 +181,47 @@ def plan_command(
             typer.echo(text)
 
 
+_EXACT_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+"""A namespace name (RFC 1123 label); anything else (globs, ``!negations``, commas) is a pattern."""
+
+
+def exact_namespaces(patterns: Sequence[str]) -> bool:
+    """True when every ``--namespace`` is a literal name, so kopf needs no namespace listing."""
+    return bool(patterns) and all(_EXACT_NAMESPACE.match(p) for p in patterns)
+
+
+def namespace_scanning_needed(
+    patterns: Sequence[str], all_namespaces: bool, can_list_namespaces: Callable[[], bool]
+) -> bool:
+    """Whether kopf should scan (list and watch) namespaces and CRDs at start-up and after.
+
+    Scanning resolves namespace globs and notices CRDs installed later (KubeRay after the
+    operator). Without cluster-wide permission (the chart's ``rbac.scope=namespace``) kopf's
+    namespace listing is refused and retried with back-off for about 54 s before it falls back
+    to the literal names, so every start of a namespace-scoped operator would stall a minute.
+    With literal names there is nothing to resolve: scanning is then only kept where the
+    identity may list and watch namespaces (cluster-scope RBAC, which also grants the CRD watch).
+    If that cannot be determined, scanning is off: literal names work without it.
+    """
+    if all_namespaces or not exact_namespaces(patterns):
+        return True
+    try:
+        return can_list_namespaces()
+    except Exception as exc:  # the API server unreachable or the review refused
+        log.warning("cannot tell whether namespaces may be listed (%s); not scanning them", exc)
+        return False
+
+
+def _can_list_namespaces() -> bool:
+    from healthnav.operator.kube import Kube
+
+    kube = Kube.from_environment(max_workers=1)
+    try:
+        return kube.can_i("list", "namespaces") and kube.can_i("watch", "namespaces")
+    finally:
+        kube.close()
+
+
 @app.command("run")
 def run_command(
     namespace: Annotated[
@@ -233,6 +277,10 @@ def run_command(
 
     settings = kopf.OperatorSettings()
     ftj_handlers.configure_watching(settings)
+    patterns = list(namespace or ())
+    if not namespace_scanning_needed(patterns, all_namespaces, _can_list_namespaces):
+        settings.scanning.disabled = True
+        log.info("watching exactly %s; no namespace or CRD scanning", ", ".join(patterns))
     kopf.run(
         settings=settings,
         clusterwide=all_namespaces,

@@ -90,8 +90,16 @@ class FineTuneJobController:
         self._running: set[Key] = set()
         self._dirty: set[Key] = set()
         self._metrics_cache: dict[Key, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
+        # The latest FineTuneJob seen (watch or own write): a reconcile triggered by a child's
+        # event starts from it instead of a GET; a stale copy only costs a 409 and a re-read.
+        self._bodies: dict[Key, dict[str, Any]] = {}
         self.phases: dict[Key, str | None] = {}
         self._wakeup = asyncio.Event()
+        # Job creates in flight; the rest of a reconcile waits (briefly) until none are, so
+        # under a burst every FineTuneJob gets its Job before any gets its follow-up calls.
+        self._job_creates = 0
+        self._no_job_creates = asyncio.Event()
+        self._no_job_creates.set()
         self._tasks: set[asyncio.Task[None]] = set()
         # Events are best effort and must not queue in front of the reconciles' API calls.
         self._event_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
@@ -100,14 +108,22 @@ class FineTuneJobController:
     # --- bookkeeping driven by the FineTuneJob watch ---------------------------------------
 
     def observe(self, key: Key, body: Mapping[str, Any]) -> bool:
-        """Record the phase; False when this event is the echo of our own status write."""
+        """Record the phase and body; False when this event is the echo of our own status write."""
         self.phases[key] = (body.get("status") or {}).get("phase")
+        self._remember(key, body)
         rv = body.get("metadata", {}).get("resourceVersion")
         return not (rv and self._own_writes.get(key) == rv)
+
+    def _remember(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Keep the body without what the reconcile never reads and that can double its size."""
+        dropped = ("managedFields", "annotations")  # kubectl's last-applied copy of the object
+        meta = {k: v for k, v in (body.get("metadata") or {}).items() if k not in dropped}
+        self._bodies[key] = {**body, "metadata": meta}
 
     def forget(self, key: Key) -> None:
         for store in (
             self.phases,
+            self._bodies,
             self._due,
             self._failures,
             self._own_writes,
@@ -137,7 +153,7 @@ class FineTuneJobController:
             due = [k for k, t in self._due.items() if t <= now]
             for key in due:
                 self._due.pop(key, None)
-                task = asyncio.create_task(self.reconcile_safely(*key))
+                task = asyncio.create_task(self.reconcile_safely(*key, fresh=True))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             wait = min([next_resync - now, *(t - now for t in self._due.values())], default=1.0)
@@ -146,30 +162,33 @@ class FineTuneJobController:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.05, min(wait, 60.0)))
 
     async def reconcile_safely(
-        self, namespace: str, name: str, body: Mapping[str, Any] | None = None
+        self, namespace: str, name: str, body: Mapping[str, Any] | None = None, fresh: bool = False
     ) -> None:
         """Reconcile, coalescing triggers: while one runs for an object, further triggers only
         mark it dirty and it runs once more afterwards (a burst of Job/pod/ConfigMap events
-        costs two reconciles, not one per event)."""
+        costs two reconciles, not one per event).
+
+        ``fresh``: read the FineTuneJob from the API server rather than the last one seen, for
+        retries and the periodic resync, whose point is not to trust what was seen before."""
         key = (namespace, name)
         if key in self._running:
             self._dirty.add(key)
             return
         self._running.add(key)
         try:
-            await self._reconcile_counted(key, body)
+            await self._reconcile_counted(key, body, fresh)
             while key in self._dirty:
                 self._dirty.discard(key)
                 await self._reconcile_counted(key, None)
         finally:
             self._running.discard(key)
 
-    async def _reconcile_counted(self, key: Key, body: Mapping[str, Any] | None) -> None:
+    async def _reconcile_counted(self, key: Key, body: Mapping[str, Any] | None, fresh: bool = False) -> None:
         """Reconcile; on error count it, log it (without the spec) and retry with backoff."""
         namespace, name = key
         started = time.perf_counter()
         try:
-            requeue = await self.reconcile(namespace, name, body)
+            requeue = await self.reconcile(namespace, name, body, fresh)
         except Exception as exc:
             n = self._failures.get(key, 0) + 1
             self._failures[key] = n
@@ -197,12 +216,14 @@ class FineTuneJobController:
     # --- the reconcile --------------------------------------------------------------------
 
     async def reconcile(
-        self, namespace: str, name: str, body: Mapping[str, Any] | None = None
+        self, namespace: str, name: str, body: Mapping[str, Any] | None = None, fresh: bool = False
     ) -> float | None:
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             for attempt in range(self.settings.max_status_retries):
+                if body is None and attempt == 0 and not fresh:
+                    body = self._bodies.get(key)
                 if body is None or attempt > 0:
                     body = await self.kube.run(self.kube.get_or_none, API_VERSION, PLURAL, namespace, name)
                     if body is None:
@@ -270,10 +291,26 @@ class FineTuneJobController:
         ServiceAccount, ConfigMaps and RBAC exist (a pod created earlier would be rejected for
         its missing ServiceAccount and retried with back-off). :meth:`_sync_suspend` then
         releases it.
+
+        Create → Job latency under a burst: the Job is the only API call before it (the body
+        comes from the watch event, no status is written first), it goes through the urgent
+        thread pool, and the follow-up calls wait while other Jobs are still being created, so
+        100 FineTuneJobs at once get their 100 Jobs before the ~600 follow-up calls start.
         """
         before, job_manifest = children(ftj, spec, self.settings)
         job_manifest["spec"]["suspend"] = True
-        job, created = await self.kube.run(self.kube.create_or_get, job_manifest)
+        # The one call a user waits on: it never queues behind other objects' follow-up work.
+        self._job_creates += 1
+        self._no_job_creates.clear()
+        try:
+            job, created = await self.kube.run_urgent(self.kube.create_or_get, job_manifest)
+        finally:
+            self._job_creates -= 1
+            if not self._job_creates:
+                self._no_job_creates.set()
+        # Everything else waits for the other Jobs of a burst, at most job_priority_seconds.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_job_creates.wait(), self.settings.job_priority_seconds)
         await self._ensure(before)
         recreated = False
         if created:
@@ -287,10 +324,12 @@ class FineTuneJobController:
         return job, recreated
 
     async def _ensure(self, objects: list[dict[str, Any]]) -> None:
-        results = await asyncio.gather(*(self.kube.run(self.kube.create_or_get, obj) for obj in objects))
-        for obj, (_, created) in zip(objects, results, strict=True):
-            if created:
-                metrics.CHILDREN_CREATED.labels(KIND, obj["kind"]).inc()
+        """Create-or-get ``objects``: concurrently within a wave, waves in dependency order."""
+        for wave in creation_waves(objects):
+            results = await asyncio.gather(*(self.kube.run(self.kube.create_or_get, obj) for obj in wave))
+            for obj, (_, created) in zip(wave, results, strict=True):
+                if created:
+                    metrics.CHILDREN_CREATED.labels(KIND, obj["kind"]).inc()
 
     async def _sync_suspend(
         self, ftj: dict[str, Any], job: dict[str, Any], spec: FineTuneJobSpec
@@ -345,6 +384,7 @@ class FineTuneJobController:
             self.kube.merge_patch, API_VERSION, PLURAL, namespace, name, patch, "status"
         )
         self._own_writes[key] = written["metadata"]["resourceVersion"]
+        self._remember(key, written)
         for event in transition_events(old, new):
             self._event(written, event.type, event.reason, event.message)
 
@@ -359,6 +399,19 @@ class FineTuneJobController:
                 log.debug("event %s for %s not posted: %s", reason, ftj["metadata"]["name"], exc)
 
         self._event_executor.submit(post)
+
+
+def creation_waves(objects: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split children into batches that may be created concurrently, in the order they must be.
+
+    A RoleBinding goes after everything else, i.e. after the Role it references: for a subject
+    that is not cluster-admin (the chart's ServiceAccount has no ``bind`` verb) the API server's
+    escalation check resolves the referenced Role and answers 404 while it does not exist yet,
+    which would fail the first reconcile of every FineTuneJob and retry it with back-off.
+    """
+    first = [o for o in objects if o["kind"] != "RoleBinding"]
+    bindings = [o for o in objects if o["kind"] == "RoleBinding"]
+    return [wave for wave in (first, bindings) if wave]
 
 
 def _job_done(job: Mapping[str, Any]) -> bool:

@@ -54,7 +54,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: A
         index = indices[index_name]
         return lambda key: list(index.get(key, ()))
 
-    kube = Kube.from_environment()
+    kube = Kube.from_environment(max_workers=12, urgent_workers=16)
     controller = FineTuneJobController(
         kube,
         get_settings(),

@@ -80,17 +80,26 @@ def object_path(obj: dict[str, Any], with_name: bool = True) -> str:
 
 
 class Kube:
-    """Blocking JSON requests with the official client's auth; one connection pool, thread-safe."""
+    """Blocking JSON requests with the official client's auth; one connection pool, thread-safe.
 
-    def __init__(self, api_client: Any, max_workers: int = 32) -> None:
+    Two thread pools: :meth:`run` for ordinary calls and :meth:`run_urgent` for the few calls a
+    user waits on (creating a training Job). Under a burst the ordinary pool fills with the
+    follow-up work of earlier objects (children, status, reads); a FIFO shared with it would
+    put the next object's Job behind all of that. The ordinary pool is also kept smaller than
+    the urgent one, so the follow-up work cannot crowd the API server out from under the Jobs.
+    """
+
+    def __init__(self, api_client: Any, max_workers: int = 32, urgent_workers: int | None = None) -> None:
         self.api = api_client
+        urgent_workers = urgent_workers or max_workers
         self.api.configuration.connection_pool_maxsize = max(
-            getattr(self.api.configuration, "connection_pool_maxsize", 4) or 4, max_workers
+            getattr(self.api.configuration, "connection_pool_maxsize", 4) or 4, max_workers + urgent_workers
         )
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kube")
+        self.urgent_executor = ThreadPoolExecutor(urgent_workers, thread_name_prefix="kube-urgent")
 
     @classmethod
-    def from_environment(cls, max_workers: int = 32) -> Kube:
+    def from_environment(cls, max_workers: int = 32, urgent_workers: int | None = None) -> Kube:
         """In-cluster ServiceAccount when running in a pod, else $KUBECONFIG / ~/.kube/config."""
         from kubernetes import client, config
 
@@ -99,12 +108,18 @@ class Kube:
             config.load_incluster_config(client_configuration=configuration)
         except config.ConfigException:
             config.load_kube_config(client_configuration=configuration)
-        configuration.connection_pool_maxsize = max_workers
-        return cls(client.ApiClient(configuration), max_workers=max_workers)
+        # The pool's size is fixed when the ApiClient is built: one connection per thread.
+        configuration.connection_pool_maxsize = max_workers + (urgent_workers or max_workers)
+        return cls(client.ApiClient(configuration), max_workers=max_workers, urgent_workers=urgent_workers)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    async def run_urgent(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Like :meth:`run`, in the pool that ordinary calls never queue in."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.urgent_executor, lambda: fn(*args, **kwargs))
 
     def request(
         self,
@@ -237,6 +252,23 @@ class Kube:
         }
         self.request("POST", path_for("v1", "events", meta["namespace"]), body=event)
 
+    def can_i(self, verb: str, resource: str, group: str = "", namespace: str | None = None) -> bool:
+        """Whether this client's identity may ``verb`` ``resource`` (a SelfSubjectAccessReview:
+        the API server's own authorizer answers, and every authenticated identity may ask)."""
+        attributes: dict[str, str] = {"verb": verb, "resource": resource, "group": group}
+        if namespace:
+            attributes["namespace"] = namespace
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attributes},
+        }
+        answer = self.request(
+            "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review, timeout=10.0
+        )
+        return bool((answer.get("status") or {}).get("allowed"))
+
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.urgent_executor.shutdown(wait=False, cancel_futures=True)
         self.api.close()

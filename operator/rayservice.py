@@ -38,7 +38,7 @@ from healthnav.operator.finetunejob_manifests import (
 )
 from healthnav.operator.modelserve_spec import API_VERSION, KIND, MAX_NAME_LENGTH, ModelServeSpec
 from healthnav.operator.settings import OperatorSettings
-from healthnav.serving.config import IMPORT_PATH, AdapterRef, ServeAppConfig
+from healthnav.serving.config import IMPORT_PATH, SERVE_ENV, AdapterRef, ServeAppConfig
 
 RAY_API_VERSION = "ray.io/v1"
 RAY_SERVICE_KIND = "RayService"
@@ -161,7 +161,14 @@ def serving_revision(spec: ModelServeSpec, settings: OperatorSettings) -> str:
 def _env(
     ms_name: str, namespace: str, spec: ModelServeSpec, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
+    """Environment of the Ray head and worker containers.
+
+    Starts with the serving layer's Ray Serve settings (:data:`SERVE_ENV`): Ray's proxy and
+    replicas read them once, when their processes start, so they must be in the pod's own
+    environment — the Serve application cannot set them for itself.
+    """
+    env: list[dict[str, Any]] = [{"name": key, "value": value} for key, value in SERVE_ENV.items()]
+    env += [
         {"name": "HEALTHNAV_MODELSERVE", "value": f"{namespace}/{ms_name}"},
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},

@@ -66,6 +66,10 @@ class OperatorSettings(BaseSettings):
     """Read <output>/metrics.json from storage after success (needs S3 access from the operator)."""
     max_status_retries: int = 5
     """Retries of a status write that lost an optimistic-concurrency race."""
+    job_priority_seconds: float = 2.0
+    """How long a reconcile holds back its follow-up calls (children, status) while other
+    FineTuneJobs' Jobs are still being created: a burst gets all its Jobs first. Bounded so a
+    steady stream of new FineTuneJobs cannot starve the ones already started."""
 
 
 @functools.cache

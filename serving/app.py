@@ -40,6 +40,7 @@ from healthnav.datapipe.prompts import render_assessment_prompt
 from healthnav.serving import openai_api as oa
 from healthnav.serving.adapters import AdapterCache, AdapterError, AdapterResolver, ModelRef
 from healthnav.serving.assessment import AssessmentRequest, AssessmentResponse, build_assessment
+from healthnav.serving.config import SERVE_ENV as SERVE_ENV  # re-exported: it used to live here
 from healthnav.serving.config import ServeAppConfig
 from healthnav.serving.engine import EngineRequestError, Sampling, make_engine
 from healthnav.serving.redflags import detect_red_flags
@@ -217,21 +218,6 @@ class BodyLimitMiddleware:
 
 
 api.add_middleware(BodyLimitMiddleware)
-
-SERVE_ENV: dict[str, str] = {
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
-}
-"""Ray Serve settings for the serving pods (proxy and replicas read them at start-up).
-
-Ray's throughput-optimised mode runs user code and the handle router on the replica's own
-event loop instead of hopping threads, buffers request-path logs and talks to replicas over
-gRPC; on 2 busy cores it cut the layer's added p50 from about 15-18 ms to about 12 ms and the
-single-stream latency by half (``bench/serving_latency.py``). Its "direct ingress" part is
-turned off: it removes the proxy and binds each ingress replica to the HTTP port, which
-clashes with several Router replicas on one node and with the RayService's Serve Service.
-``hnav serve`` sets these; the ModelServe operator should put them on the RayCluster pods.
-"""
 
 
 async def _authorize(request: Request) -> None:

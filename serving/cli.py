@@ -52,7 +52,8 @@ def serve_command(
     import ray
     from ray import serve
 
-    from healthnav.serving.app import SERVE_ENV, build_app
+    from healthnav.serving.app import build_app
+    from healthnav.serving.config import SERVE_ENV
 
     for key, value in SERVE_ENV.items():  # before Ray starts: its workers inherit the environment
         os.environ.setdefault(key, value)

@@ -4,6 +4,8 @@ status derivation and the capacity planner (figures checked against hand computa
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from healthnav.operator.rayservice import (
     ray_service,
 )
 from healthnav.operator.settings import OperatorSettings
-from healthnav.serving.config import IMPORT_PATH, ServeAppConfig
+from healthnav.serving.config import IMPORT_PATH, SERVE_ENV, ServeAppConfig
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
@@ -131,6 +133,31 @@ def test_rayservice_shape() -> None:
     assert all(t["matchExpressions"][0]["values"] == ["nvidia-l4"] for t in terms)
     assert pod["serviceAccountName"] == head["template"]["spec"]["serviceAccountName"] == "triage-serve"
     assert {"name": "AWS_ENDPOINT_URL_S3", "value": "http://minio:9000"} in container["env"]
+
+
+def test_ray_serve_env_is_on_head_and_worker_containers() -> None:
+    """The proxy and replicas read Ray Serve's settings when their processes start, so the
+    throughput mode the serving layer was tuned with only takes effect from the pods' env."""
+    cluster = _build()["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+        assert {k: env[k] for k in SERVE_ENV} == SERVE_ENV
+
+
+def test_operator_gets_serve_env_without_importing_ray() -> None:
+    """The operator image has no Ray: the constant must come from the pydantic-only config."""
+    code = (
+        "import sys; import healthnav.operator.rayservice as r; "
+        "from healthnav.serving.config import SERVE_ENV; "
+        "assert r.SERVE_ENV is SERVE_ENV; "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def test_adapter_changes_touch_only_serve_config_but_model_changes_touch_the_cluster() -> None:

@@ -24,6 +24,15 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def conditions_field() -> Any:
+    """A status ``conditions`` list, declared as a map keyed by ``type`` (as metav1 does), so
+    server-side apply and ``kubectl`` merge conditions by type instead of replacing the list."""
+    return Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
 class Condition(CamelModel):
     """One aspect of the resource's state (the metav1.Condition shape)."""
 

@@ -25,50 +25,42 @@ import contextlib
 import json
 import logging
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-
-from pydantic import ValidationError
 
 from healthnav.operator import metrics
 from healthnav.operator.finetunejob_manifests import children, run_output_uri
 from healthnav.operator.finetunejob_spec import API_VERSION, KIND, PLURAL, TERMINAL_PHASES, FineTuneJobSpec
 from healthnav.operator.finetunejob_status import (
+    EventSpec,
     Observation,
     compute_status,
     status_changed,
     transition_events,
 )
-from healthnav.operator.kube import Kube, KubeError
+from healthnav.operator.kube import Kube
+from healthnav.operator.reconciler import Key, Reconciler, parse_spec_as
 from healthnav.operator.settings import OperatorSettings
 
 log = logging.getLogger("healthnav.operator.finetunejob")
 
-Key = tuple[str, str]
 # Lookups into the operator's in-memory indexes of children (kopf indexes in production).
 ChildLookup = Callable[[Key], list[dict[str, Any]]]
 
 
-def validation_message(exc: ValidationError) -> str:
-    """``spec.training.epochs: Input should be greater than 0`` — the field path, then the problem."""
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"spec.{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)
-
-
 def parse_spec(body: Mapping[str, Any]) -> tuple[FineTuneJobSpec | None, str | None]:
-    try:
-        return FineTuneJobSpec.model_validate(body.get("spec") or {}), None
-    except ValidationError as exc:
-        return None, validation_message(exc)
+    """The FineTuneJob's spec, or None and a message naming the field (shown in status)."""
+    return parse_spec_as(FineTuneJobSpec, body)
 
 
-class FineTuneJobController:
+class FineTuneJobController(Reconciler):
     """Owns reconciliation of FineTuneJobs for one operator process."""
+
+    api_version = API_VERSION
+    plural = PLURAL
+    kind = KIND
+    log = log
 
     def __init__(
         self,
@@ -79,31 +71,41 @@ class FineTuneJobController:
         progress: ChildLookup,
         read_json: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
-        self.kube = kube
-        self.settings = settings
+        # Events get their own small pool: they must not queue in front of the API calls.
+        super().__init__(
+            kube, settings, event_executor=ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
+        )
         self._jobs, self._pods, self._progress = jobs, pods, progress
         self._read_json = read_json or read_json_from_storage
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._due: dict[Key, float] = {}
-        self._failures: dict[Key, int] = {}
         self._own_writes: dict[Key, str] = {}
-        self._running: set[Key] = set()
-        self._dirty: set[Key] = set()
         self._metrics_cache: dict[Key, tuple[dict[str, Any] | None, dict[str, Any] | None]] = {}
         # The latest FineTuneJob seen (watch or own write): a reconcile triggered by a child's
         # event starts from it instead of a GET; a stale copy only costs a 409 and a re-read.
         self._bodies: dict[Key, dict[str, Any]] = {}
-        self.phases: dict[Key, str | None] = {}
-        self._wakeup = asyncio.Event()
         # Job creates in flight; the rest of a reconcile waits (briefly) until none are, so
         # under a burst every FineTuneJob gets its Job before any gets its follow-up calls.
         self._job_creates = 0
         self._no_job_creates = asyncio.Event()
         self._no_job_creates.set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        # Events are best effort and must not queue in front of the reconciles' API calls.
-        self._event_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
-        metrics.PHASES.register(KIND, lambda: self.phases)
+
+    # --- hooks of the shared reconcile loop -------------------------------------------------
+
+    def backoff(self, failures: int) -> float:
+        """1, 2, 4 … s with jitter, capped at five minutes."""
+        return min(300.0, 0.5 * 2 ** min(failures, 10)) * (0.75 + random.random() / 2)
+
+    def needs_resync(self, phase: str | None) -> bool:
+        return phase not in TERMINAL_PHASES
+
+    def _cached_body(self, key: Key) -> Mapping[str, Any] | None:
+        return self._bodies.get(key)
+
+    def _status_written(self, key: Key, written: dict[str, Any]) -> None:
+        self._own_writes[key] = written["metadata"]["resourceVersion"]
+        self._remember(key, written)
+
+    def transition_events(self, old: dict[str, Any], new: dict[str, Any]) -> list[EventSpec]:
+        return transition_events(old, new)
 
     # --- bookkeeping driven by the FineTuneJob watch ---------------------------------------
 
@@ -121,122 +123,11 @@ class FineTuneJobController:
         self._bodies[key] = {**body, "metadata": meta}
 
     def forget(self, key: Key) -> None:
-        for store in (
-            self.phases,
-            self._bodies,
-            self._due,
-            self._failures,
-            self._own_writes,
-            self._metrics_cache,
-            self._locks,
-        ):
+        super().forget(key)
+        for store in (self._bodies, self._own_writes, self._metrics_cache):
             store.pop(key, None)  # type: ignore[attr-defined]
 
-    # --- scheduling -----------------------------------------------------------------------
-
-    def requeue(self, key: Key, delay: float) -> None:
-        due = time.monotonic() + delay
-        if key not in self._due or self._due[key] > due:
-            self._due[key] = due
-            self._wakeup.set()
-
-    async def run_requeues(self, stop: asyncio.Event | None = None) -> None:
-        """Retry failed reconciles with backoff, re-check Evaluating jobs, and resync periodically."""
-        next_resync = time.monotonic() + self.settings.resync_seconds
-        while stop is None or not stop.is_set():
-            now = time.monotonic()
-            if now >= next_resync:
-                for key, phase in list(self.phases.items()):
-                    if phase not in TERMINAL_PHASES:
-                        self._due.setdefault(key, now)
-                next_resync = now + self.settings.resync_seconds
-            due = [k for k, t in self._due.items() if t <= now]
-            for key in due:
-                self._due.pop(key, None)
-                task = asyncio.create_task(self.reconcile_safely(*key, fresh=True))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            wait = min([next_resync - now, *(t - now for t in self._due.values())], default=1.0)
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.05, min(wait, 60.0)))
-
-    async def reconcile_safely(
-        self, namespace: str, name: str, body: Mapping[str, Any] | None = None, fresh: bool = False
-    ) -> None:
-        """Reconcile, coalescing triggers: while one runs for an object, further triggers only
-        mark it dirty and it runs once more afterwards (a burst of Job/pod/ConfigMap events
-        costs two reconciles, not one per event).
-
-        ``fresh``: read the FineTuneJob from the API server rather than the last one seen, for
-        retries and the periodic resync, whose point is not to trust what was seen before."""
-        key = (namespace, name)
-        if key in self._running:
-            self._dirty.add(key)
-            return
-        self._running.add(key)
-        try:
-            await self._reconcile_counted(key, body, fresh)
-            while key in self._dirty:
-                self._dirty.discard(key)
-                await self._reconcile_counted(key, None)
-        finally:
-            self._running.discard(key)
-
-    async def _reconcile_counted(self, key: Key, body: Mapping[str, Any] | None, fresh: bool = False) -> None:
-        """Reconcile; on error count it, log it (without the spec) and retry with backoff."""
-        namespace, name = key
-        started = time.perf_counter()
-        try:
-            requeue = await self.reconcile(namespace, name, body, fresh)
-        except Exception as exc:
-            n = self._failures.get(key, 0) + 1
-            self._failures[key] = n
-            delay = min(300.0, 0.5 * 2 ** min(n, 10)) * (0.75 + random.random() / 2)
-            metrics.RECONCILES.labels(KIND, "error").inc()
-            metrics.ERRORS.labels(KIND, type(exc).__name__).inc()
-            log.warning(
-                "reconcile of %s/%s failed (%s: %s); retry %d in %.1fs",
-                namespace,
-                name,
-                type(exc).__name__,
-                exc,
-                n,
-                delay,
-            )
-            self.requeue(key, delay)
-            return
-        finally:
-            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
-        self._failures.pop(key, None)
-        metrics.RECONCILES.labels(KIND, "ok").inc()
-        if requeue is not None:
-            self.requeue(key, requeue)
-
     # --- the reconcile --------------------------------------------------------------------
-
-    async def reconcile(
-        self, namespace: str, name: str, body: Mapping[str, Any] | None = None, fresh: bool = False
-    ) -> float | None:
-        key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            for attempt in range(self.settings.max_status_retries):
-                if body is None and attempt == 0 and not fresh:
-                    body = self._bodies.get(key)
-                if body is None or attempt > 0:
-                    body = await self.kube.run(self.kube.get_or_none, API_VERSION, PLURAL, namespace, name)
-                    if body is None:
-                        self.forget(key)
-                        return None
-                try:
-                    return await self._reconcile_once(key, dict(body))
-                except KubeError as exc:
-                    if not exc.is_conflict or exc.is_already_exists:
-                        raise
-                    metrics.RECONCILES.labels(KIND, "conflict").inc()
-                    body = None  # somebody else wrote: start over from fresh state
-            raise RuntimeError(f"status of {namespace}/{name} kept conflicting")
 
     async def _reconcile_once(self, key: Key, ftj: dict[str, Any]) -> float | None:
         namespace, name = key
@@ -371,34 +262,6 @@ class FineTuneJobController:
         if train is not None and (evaluation is not None or spec.evaluation is None):
             self._metrics_cache[key] = (train, evaluation)
         return train, evaluation
-
-    async def _write_status(
-        self, key: Key, ftj: dict[str, Any], old: dict[str, Any], new: dict[str, Any]
-    ) -> None:
-        namespace, name = key
-        patch_status: dict[str, Any] = dict(new)
-        for gone in set(old) - set(new):
-            patch_status[gone] = None  # merge patch: null deletes
-        patch = {"metadata": {"resourceVersion": ftj["metadata"]["resourceVersion"]}, "status": patch_status}
-        written = await self.kube.run(
-            self.kube.merge_patch, API_VERSION, PLURAL, namespace, name, patch, "status"
-        )
-        self._own_writes[key] = written["metadata"]["resourceVersion"]
-        self._remember(key, written)
-        for event in transition_events(old, new):
-            self._event(written, event.type, event.reason, event.message)
-
-    def _event(self, ftj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Post an Event without making the reconcile wait for (or fail on) it."""
-        involved = {"apiVersion": API_VERSION, "kind": KIND, "metadata": ftj["metadata"]}
-
-        def post() -> None:
-            try:
-                self.kube.post_event(involved, type_, reason, message)
-            except Exception as exc:  # events are best effort
-                log.debug("event %s for %s not posted: %s", reason, ftj["metadata"]["name"], exc)
-
-        self._event_executor.submit(post)
 
 
 def creation_waves(objects: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from healthnav.operator.finetunejob_spec import API_VERSION, KIND, FineTuneJobSpec
+from healthnav.operator.objectmeta import controller_reference, owned_metadata, recommended_labels
 from healthnav.operator.settings import OperatorSettings
 from healthnav.trainer.config import EXIT_CONFIG_ERROR, ProgressTarget, TrainerConfig
 
@@ -38,7 +39,6 @@ PROGRESS_KEY = "progress"
 # watches with a server-side label selector (it never sees unrelated pods or ConfigMaps).
 FTJ_LABEL = "healthnav.io/finetunejob"
 ROLE_LABEL = "healthnav.io/role"
-MANAGED_BY = "healthnav-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
@@ -71,39 +71,19 @@ class Names:
 
 
 def labels(name: str, role: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "healthnav-trainer",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": role,
-        "app.kubernetes.io/part-of": "healthnav",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        FTJ_LABEL: name,
-        ROLE_LABEL: role,
-    }
+    return {**recommended_labels("healthnav-trainer", name, role), FTJ_LABEL: name, ROLE_LABEL: role}
 
 
 def owner_reference(ftj: dict[str, Any]) -> dict[str, Any]:
     """The FineTuneJob as controller owner: garbage collection deletes children with it."""
-    meta = ftj["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return controller_reference(API_VERSION, KIND, ftj)
 
 
 def _meta(
     ftj: dict[str, Any], name: str, role: str, extra_labels: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": ftj["metadata"]["namespace"],
-        "labels": {**labels(ftj["metadata"]["name"], role), **(extra_labels or {})},
-        "ownerReferences": [owner_reference(ftj)],
-    }
+    child_labels = {**labels(ftj["metadata"]["name"], role), **(extra_labels or {})}
+    return owned_metadata(ftj, name, child_labels, owner_reference(ftj))
 
 
 def output_root(spec: FineTuneJobSpec, settings: OperatorSettings) -> str | None:

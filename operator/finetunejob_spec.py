@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from healthnav.evaluation.gates import EvaluationGates
-from healthnav.operator.conditions import Condition
+from healthnav.operator.conditions import Condition, conditions_field
 from healthnav.operator.crdgen import AGE_COLUMN, CRDSpec, PrinterColumn, cel, validations
 from healthnav.schema import CamelModel
 from healthnav.trainer.config import LoraSpec, QuantizationSpec, TrainingSpec
@@ -373,10 +373,7 @@ class FineTuneJobStatus(CamelModel):
     """Pending, Running, Evaluating, Succeeded, Failed or Suspended."""
     message: str | None = Field(default=None, max_length=4096)
     """One human-readable line about the current phase (the failure reason when Failed)."""
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
+    conditions: list[Condition] = conditions_field()
     """JobCreated, Schedulable, Running, Complete, Failed, Suspended, Evaluated, GatePassed."""
     observed_generation: int | None = None
     """metadata.generation of the spec this status reflects."""

@@ -20,19 +20,16 @@ import asyncio
 import json
 import logging
 import random
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from healthnav.operator import metrics
-from healthnav.operator.finetunejob_controller import validation_message
 from healthnav.operator.finetunejob_spec import API_VERSION as FTJ_API_VERSION
 from healthnav.operator.finetunejob_spec import PLURAL as FTJ_PLURAL
-from healthnav.operator.kube import FIELD_MANAGER, Kube, KubeError, path_for
+from healthnav.operator.kube import FIELD_MANAGER, KubeError, path_for
 from healthnav.operator.modelserve_spec import API_VERSION, KIND, PLURAL, ModelServeSpec
 from healthnav.operator.modelserve_status import (
+    Event,
     RayServiceView,
     compute_status,
     resolve_adapters,
@@ -47,19 +44,16 @@ from healthnav.operator.rayservice import (
     ray_service,
     service_account,
 )
-from healthnav.operator.settings import OperatorSettings
+from healthnav.operator.reconciler import Key, Reconciler, parse_spec_as
 
 log = logging.getLogger("healthnav.operator.modelserve")
 
-Key = tuple[str, str]
 MAX_BACKOFF = 300.0
 
 
 def parse_spec(body: Mapping[str, Any]) -> tuple[ModelServeSpec | None, str | None]:
-    try:
-        return ModelServeSpec.model_validate(body.get("spec") or {}), None
-    except ValidationError as exc:
-        return None, validation_message(exc)
+    """The ModelServe's spec, or None and a message naming the field (shown in status)."""
+    return parse_spec_as(ModelServeSpec, body)
 
 
 def backoff(attempt: int) -> float:
@@ -67,101 +61,28 @@ def backoff(attempt: int) -> float:
     return min(MAX_BACKOFF, 2.0 ** max(0, attempt - 1)) * (0.75 + random.random() / 2)
 
 
-class ModelServeController:
-    """Owns reconciliation of ModelServes for one operator process."""
+class ModelServeController(Reconciler):
+    """Owns reconciliation of ModelServes for one operator process.
 
-    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
-        self.kube = kube
-        self.settings = settings
-        self._locks: dict[Key, asyncio.Lock] = {}
-        self._failures: dict[Key, int] = {}
-        self._timers: dict[Key, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.phases: dict[Key, str | None] = {}
-        metrics.PHASES.register(KIND, lambda: self.phases)
+    Every reconcile reads the ModelServe afresh (it keeps no cached copy) and there is no
+    periodic resync: RayService and FineTuneJob events, and retries, drive it.
+    """
 
-    # --- scheduling -----------------------------------------------------------------------
+    api_version = API_VERSION
+    plural = PLURAL
+    kind = KIND
+    log = log
+    # "KubeRay not installed" is counted as a failure too, so its retries back off even though
+    # the reconcile itself succeeded.
+    reset_failures_on_requeue = False
 
-    def forget(self, key: Key) -> None:
-        timer = self._timers.pop(key, None)
-        if timer:
-            timer.cancel()
-        for store in (self.phases, self._failures, self._locks):
-            store.pop(key, None)  # type: ignore[attr-defined]
+    def backoff(self, failures: int) -> float:
+        return backoff(failures)
 
-    def requeue(self, key: Key, delay: float) -> None:
-        """Reconcile ``key`` again after ``delay`` seconds (an earlier pending retry wins)."""
-        loop = asyncio.get_running_loop()
-        timer = self._timers.get(key)
-        due = loop.time() + delay
-        if timer is not None and not timer.cancelled() and timer.when() <= due:
-            return
-        if timer is not None:
-            timer.cancel()
-
-        def fire() -> None:
-            self._timers.pop(key, None)
-            task = asyncio.create_task(self.reconcile_safely(*key))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        self._timers[key] = loop.call_at(due, fire)
-
-    def close(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-
-    async def reconcile_safely(self, namespace: str, name: str) -> None:
-        """Reconcile; on an unexpected error count it, log it (no spec contents) and retry with backoff."""
-        key = (namespace, name)
-        started = time.perf_counter()
-        try:
-            requeue = await self.reconcile(namespace, name)
-        except Exception as exc:
-            n = self._failures.get(key, 0) + 1
-            self._failures[key] = n
-            delay = backoff(n)
-            metrics.RECONCILES.labels(KIND, "error").inc()
-            metrics.ERRORS.labels(KIND, type(exc).__name__).inc()
-            log.warning(
-                "reconcile of %s/%s failed (%s: %s); retry %d in %.1fs",
-                namespace,
-                name,
-                type(exc).__name__,
-                exc,
-                n,
-                delay,
-            )
-            self.requeue(key, delay)
-            return
-        finally:
-            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
-        metrics.RECONCILES.labels(KIND, "ok").inc()
-        if requeue is not None:
-            self.requeue(key, requeue)
-        else:
-            self._failures.pop(key, None)
+    def transition_events(self, old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
+        return transition_events(old, new)
 
     # --- the reconcile --------------------------------------------------------------------
-
-    async def reconcile(self, namespace: str, name: str) -> float | None:
-        """One reconcile of ModelServe ``namespace/name``; returns a requeue delay or None."""
-        key = (namespace, name)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            for _ in range(self.settings.max_status_retries):
-                ms = await self.kube.run(self.kube.get_or_none, API_VERSION, PLURAL, namespace, name)
-                if ms is None:
-                    self.forget(key)
-                    return None
-                try:
-                    return await self._reconcile_once(key, ms)
-                except KubeError as exc:
-                    if not exc.is_conflict or exc.is_already_exists:
-                        raise
-                    metrics.RECONCILES.labels(KIND, "conflict").inc()
-            raise RuntimeError(f"status of {namespace}/{name} kept conflicting")
 
     async def _reconcile_once(self, key: Key, ms: dict[str, Any]) -> float | None:
         namespace = key[0]
@@ -245,29 +166,3 @@ class ModelServeController:
             content_type="application/apply-patch+yaml",
             query={"fieldManager": FIELD_MANAGER, "force": "true"},
         )
-
-    async def _write_status(
-        self, key: Key, ms: dict[str, Any], old: dict[str, Any], new: dict[str, Any]
-    ) -> None:
-        namespace, name = key
-        patch_status: dict[str, Any] = dict(new)
-        for gone in set(old) - set(new):
-            patch_status[gone] = None  # merge patch: null deletes
-        patch = {"metadata": {"resourceVersion": ms["metadata"]["resourceVersion"]}, "status": patch_status}
-        written = await self.kube.run(
-            self.kube.merge_patch, API_VERSION, PLURAL, namespace, name, patch, "status"
-        )
-        for event in transition_events(old, new):
-            self._event(written, event.type, event.reason, event.message)
-
-    def _event(self, ms: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Post an Event without making the reconcile wait for (or fail on) it."""
-        involved = {"apiVersion": API_VERSION, "kind": KIND, "metadata": ms["metadata"]}
-
-        def post() -> None:
-            try:
-                self.kube.post_event(involved, type_, reason, message)
-            except Exception as exc:  # events are best effort
-                log.debug("event %s for %s not posted: %s", reason, ms["metadata"]["name"], exc)
-
-        self.kube.executor.submit(post)

@@ -9,11 +9,13 @@ Triggers, each running the same level-based reconcile of the affected ModelServe
   reference it, so a job reaching Succeeded (or passing its gate) rolls its adapter out at once.
 
 If KubeRay's CRDs are absent, kopf only warns that it cannot watch RayServices; ModelServes
-still reconcile (to ``KubeRayNotInstalled``) and are retried by the controller's own backoff.
+still reconcile (to ``KubeRayNotInstalled``) and are retried by the controller's own backoff
+(:meth:`~healthnav.operator.reconciler.Reconciler.run_requeues`, started here).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
@@ -34,11 +36,17 @@ def configure_watching(settings: kopf.OperatorSettings) -> None:
 @kopf.on.startup()
 async def _ms_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_watching(settings)
-    memo.ms = ModelServeController(Kube.from_environment(), get_settings())
+    controller = ModelServeController(Kube.from_environment(), get_settings())
+    memo.ms = controller
+    # Retries (and the KubeRayNotInstalled backoff) run in this one background task.
+    memo.ms_task = asyncio.create_task(controller.run_requeues())
 
 
 @kopf.on.cleanup()
 async def _ms_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "ms_task", None)
+    if task is not None:
+        task.cancel()
     controller: ModelServeController | None = getattr(memo, "ms", None)
     if controller is not None:
         controller.close()

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from healthnav.operator.conditions import Condition
+from healthnav.operator.conditions import Condition, conditions_field
 from healthnav.operator.crdgen import AGE_COLUMN, CRDSpec, PrinterColumn, cel, validations
 from healthnav.operator.finetunejob_spec import (
     DNS_LABEL,
@@ -264,10 +264,7 @@ class ModelServeStatus(CamelModel):
     """Pending, Deploying, Ready, Upgrading or Failed."""
     message: str | None = Field(default=None, max_length=4096)
     """One human-readable line about the current phase."""
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
+    conditions: list[Condition] = conditions_field()
     """Ready, UpgradeInProgress, AdaptersResolved, RayServiceSynced."""
     observed_generation: int | None = None
     """metadata.generation of the spec this status reflects."""

@@ -30,13 +30,9 @@ from typing import Any
 
 import yaml
 
-from healthnav.operator.finetunejob_manifests import (
-    MANAGED_BY,
-    merge_affinity,
-    merge_node_selector,
-    merge_tolerations,
-)
+from healthnav.operator.finetunejob_manifests import merge_affinity, merge_node_selector, merge_tolerations
 from healthnav.operator.modelserve_spec import API_VERSION, KIND, MAX_NAME_LENGTH, ModelServeSpec
+from healthnav.operator.objectmeta import controller_reference, owned_metadata, recommended_labels
 from healthnav.operator.settings import OperatorSettings
 from healthnav.serving.config import IMPORT_PATH, SERVE_ENV, AdapterRef, ServeAppConfig
 
@@ -84,27 +80,16 @@ def service_account_name(modelserve_name: str, spec: ModelServeSpec) -> str:
 
 
 def labels(name: str, role: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "healthnav-serving",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": role,
-        "app.kubernetes.io/part-of": "healthnav",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        MS_LABEL: name,
-    }
+    return {**recommended_labels("healthnav-serving", name, role), MS_LABEL: name}
 
 
 def owner_reference(ms: dict[str, Any]) -> dict[str, Any]:
     """The ModelServe as controller owner: deleting it deletes the RayService (and KubeRay its clusters)."""
-    meta = ms["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return controller_reference(API_VERSION, KIND, ms)
+
+
+def _owned_meta(ms: dict[str, Any], name: str) -> dict[str, Any]:
+    return owned_metadata(ms, name, labels(ms["metadata"]["name"], "serving"), owner_reference(ms))
 
 
 def image(spec: ModelServeSpec, settings: OperatorSettings) -> str:
@@ -347,11 +332,8 @@ def ray_service(
         "apiVersion": RAY_API_VERSION,
         "kind": RAY_SERVICE_KIND,
         "metadata": {
-            "name": ray_service_name(name),
-            "namespace": meta["namespace"],
-            "labels": labels(name, "serving"),
+            **_owned_meta(ms, ray_service_name(name)),
             "annotations": {REVISION_ANNOTATION: revision},
-            "ownerReferences": [owner_reference(ms)],
         },
         "spec": {
             "serveConfigV2": serve_config_v2(app),
@@ -394,12 +376,7 @@ def service_account(ms: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {
-            "name": f"{name}-serve",
-            "namespace": ms["metadata"]["namespace"],
-            "labels": labels(name, "serving"),
-            "ownerReferences": [owner_reference(ms)],
-        },
+        "metadata": _owned_meta(ms, f"{name}-serve"),
     }
 
 

@@ -9,23 +9,17 @@ part by patching the RayService status subresource exactly as it does.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from kube_helpers import CRDS, apply_crd, wait_for
 from ms_helpers import INVALID, manifest, valid_spec
+from operator_proc import OperatorProcess
 
 from healthnav.devenv.kuberay import install_crds, uninstall_crds
-from healthnav.devenv.processes import free_port
 from healthnav.operator.finetunejob_spec import API_VERSION as FTJ_API_VERSION
 from healthnav.operator.kube import Kube, KubeError
 from healthnav.operator.modelserve_controller import ModelServeController
@@ -34,51 +28,14 @@ from healthnav.operator.rayservice import APP_NAME, ResolvedAdapter, adapters_in
 from healthnav.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster
-CRDS = Path(__file__).resolve().parents[2] / "charts/healthnav/crds"
 SETTINGS = OperatorSettings()
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last={last!r}")
-
-
-def _apply_crd(kube: Kube, path: Path) -> None:
-    crd = yaml.safe_load(path.read_text())
-    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    try:
-        kube.request("POST", base, body=crd)
-    except KubeError as exc:
-        if not exc.is_already_exists:
-            raise
-        current = kube.request("GET", f"{base}/{crd['metadata']['name']}")
-        crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        kube.request("PUT", f"{base}/{crd['metadata']['name']}", body=crd)
-    group, version = crd["spec"]["group"], crd["spec"]["versions"][0]["name"]
-    plural = crd["spec"]["names"]["plural"]
-
-    def served() -> bool:
-        try:
-            return any(
-                r["name"] == plural for r in kube.request("GET", f"/apis/{group}/{version}")["resources"]
-            )
-        except KubeError:
-            return False
-
-    wait_for(served, 30, f"{plural} served")
 
 
 @pytest.fixture(scope="module")
 def kube(cluster: Any) -> Iterator[Kube]:
     k = Kube(cluster.api_client())
-    _apply_crd(k, CRDS / "modelserve.yaml")
-    _apply_crd(k, CRDS / "finetunejob.yaml")
+    apply_crd(k, CRDS / "modelserve.yaml")
+    apply_crd(k, CRDS / "finetunejob.yaml")
     yield k
     k.close()
 
@@ -360,42 +317,11 @@ def test_operator_rolls_out_adapter_when_its_finetunejob_finishes(
     kuberay: None, cluster: Any, kube: Kube, ns: str, tmp_path: Path
 ) -> None:
     """kwok runs the training pod to completion → FineTuneJob Succeeded → adapter in serveConfigV2."""
-    health = free_port()
     log = tmp_path / "operator.log"
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(cluster.kubeconfig),
-        "HEALTHNAV_READ_METRICS": "false",  # no S3 in this test; the adapter URI is still reported
-    }
-    args = [
-        sys.executable,
-        "-m",
-        "healthnav.cli",
-        "operator",
-        "run",
-        "--standalone",
-        "--namespace",
-        ns,
-        "--metrics-port",
-        "0",
-        "--liveness",
-        f"http://127.0.0.1:{health}/healthz",
-        "--log-format",
-        "plain",
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    # No S3 in this test; the adapter URI is still reported.
+    operator = OperatorProcess(cluster.kubeconfig, [ns], log, env={"HEALTHNAV_READ_METRICS": "false"})
+    operator.start()
     try:
-
-        def healthy() -> bool:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1).read()
-                return True
-            except OSError:
-                return False
-
-        wait_for(healthy, 60, "operator healthy")
         spec = valid_spec()
         spec["adapters"] = [{"name": "triage-v3", "fromFineTuneJob": "triage-v3"}]
         _create_ms(kube, ns, "triage", spec)
@@ -417,10 +343,4 @@ def test_operator_rolls_out_adapter_when_its_finetunejob_finishes(
         )
         assert ms["status"]["activeAdapters"] == ["triage-v3"]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        operator.stop()

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from ftj_helpers import INVALID, manifest, valid_spec
+from kube_helpers import CRDS, apply_crd, wait_for
 from operator_proc import OperatorProcess
 
 from healthnav.datapipe import storage
@@ -24,57 +24,12 @@ from healthnav.trainer.config import EXIT_CONFIG_ERROR, ProgressTarget
 from healthnav.trainer.progress import ConfigMapProgressReporter, build_progress_payload
 
 pytestmark = pytest.mark.cluster
-CRD = Path(__file__).resolve().parents[2] / "charts/healthnav/crds/finetunejob.yaml"
-
-
-def wait_for(
-    fn: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.25
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last={last!r}")
 
 
 @pytest.fixture(scope="module")
 def kube(cluster: Any) -> Iterator[Kube]:
     k = Kube(cluster.api_client())
-    crd = yaml.safe_load(CRD.read_text())
-    try:
-        k.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body=crd)
-    except KubeError as exc:
-        if not exc.is_already_exists:
-            raise
-        current = k.request(
-            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
-        )
-        crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        k.request(
-            "PUT",
-            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}",
-            body=crd,
-        )
-
-    def established() -> bool:
-        got = k.request(
-            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
-        )
-        ok = any(
-            c["type"] == "Established" and c["status"] == "True"
-            for c in (got.get("status") or {}).get("conditions") or []
-        )
-        if ok:
-            try:
-                k.list(API_VERSION, PLURAL, "default")
-            except KubeError:
-                return False
-        return ok
-
-    wait_for(established, 30, "CRD established")
+    apply_crd(k, CRDS / "finetunejob.yaml")
     yield k
     k.close()
 

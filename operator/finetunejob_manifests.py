@@ -266,10 +266,7 @@ def _env(settings: OperatorSettings, namespace: str, name: str) -> list[dict[str
         {"name": "TMPDIR", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if settings.s3_endpoint_url:
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint_url})
-    if settings.aws_region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": settings.aws_region})
+    env += settings.storage_env()
     return env
 
 

@@ -158,10 +158,7 @@ def _env(
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if settings.s3_endpoint_url:
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint_url})
-    if settings.aws_region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": settings.aws_region})
+    env += settings.storage_env()
     if spec.api_key_secret_ref:
         ref = spec.api_key_secret_ref
         env.append({"name": API_KEYS_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})

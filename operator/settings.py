@@ -71,6 +71,15 @@ class OperatorSettings(BaseSettings):
     FineTuneJobs' Jobs are still being created: a burst gets all its Jobs first. Bounded so a
     steady stream of new FineTuneJobs cannot starve the ones already started."""
 
+    def storage_env(self) -> list[dict[str, str]]:
+        """Env vars that point a pod's boto3 at the configured S3 endpoint and region."""
+        env = []
+        if self.s3_endpoint_url:
+            env.append({"name": "AWS_ENDPOINT_URL_S3", "value": self.s3_endpoint_url})
+        if self.aws_region:
+            env.append({"name": "AWS_DEFAULT_REGION", "value": self.aws_region})
+        return env
+
 
 @functools.cache
 def get_settings() -> OperatorSettings:

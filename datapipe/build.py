@@ -42,7 +42,8 @@ from healthnav.datapipe.quality import (
     assign_split,
     content_text,
     normalize_record,
-    words,
+    normalize_text,
+    word_keys,
 )
 from healthnav.datapipe.readers import READERS, TEMPLATE_INSTRUCTIONS, ReadItem
 from healthnav.datapipe.records import SCHEMA_VERSION, TrainingRecord
@@ -192,9 +193,12 @@ class ShardWriter:
         self._count = self._bytes = 0
 
     def write(self, record: TrainingRecord) -> None:
+        self.write_line(record.model_dump_json().encode("utf-8") + b"\n")
+
+    def write_line(self, line: bytes) -> None:
+        """Write one record already serialised by ``TrainingRecord.model_dump_json`` (+ newline)."""
         if self._fh is None:
             self._open()
-        line = record.model_dump_json().encode("utf-8") + b"\n"
         self._fh.write(line)
         self._hash.update(line)
         self._count += 1
@@ -306,12 +310,18 @@ def iter_source(src: SourceConfig, base: Path) -> Iterator[ReadItem]:
 
 
 def deidentify_record(
-    deid: Deidentifier, record: TrainingRecord, known: tuple[tuple[str, str], ...]
+    deid: Deidentifier,
+    record: TrainingRecord,
+    known: tuple[tuple[str, str], ...],
+    *,
+    normalize: bool = False,
 ) -> tuple[TrainingRecord, Counter[str], list[str]]:
     """Scrub every free-text field; returns the record (with a content-derived id), counts, risks.
 
     The id is re-derived from the scrubbed content: an app's own record id is linkable back to
-    the patient, a hash of de-identified text is not.
+    the patient, a hash of de-identified text is not. ``normalize``: also apply
+    :func:`normalize_record` (after the id is derived, as when called separately), in the same
+    copy of the record.
     """
     # every free-text field, scrubbed in one pass (see Deidentifier.scrub_many)
     names = [
@@ -346,6 +356,9 @@ def deidentify_record(
         "\x1f".join(updates.get(n, getattr(record, n)) for n in ("instruction", "input", "output")).encode()
     ).hexdigest()[:20]
     updates["id"] = f"{record.source}-{digest}"
+    if normalize:
+        for name in ("instruction", "input", "output"):
+            updates[name] = normalize_text(updates.get(name, getattr(record, name)))
     return record.model_copy(update=updates), result.counts, risks
 
 
@@ -481,10 +494,14 @@ def _run(
                     if policy.problem(record.license):
                         stats.filtered["license"] += 1
                         continue
+                    normalized = False
                     if src.deid_enabled:
                         stats.deid_records += 1
                         try:
-                            record, counts, risks = deidentify_record(deid, record, item.known_identifiers)
+                            record, counts, risks = deidentify_record(
+                                deid, record, item.known_identifiers, normalize=config.normalize
+                            )
+                            normalized = config.normalize
                         except Exception as exc:  # fail closed: a record we cannot scrub is not kept
                             counts, risks = Counter(), [f"error: {type(exc).__name__}"]
                         if counts:
@@ -506,12 +523,12 @@ def _run(
                                     + "\n"
                                 )
                             continue
-                    if config.normalize:
+                    if config.normalize and not normalized:
                         record = normalize_record(record)
                     if reason := length.reason(record):
                         stats.filtered[reason] += 1
                         continue
-                    tokens = words(content_text(record)) if exact is not None or near is not None else []
+                    tokens = word_keys(content_text(record)) if exact is not None or near is not None else []
                     if exact is not None and exact.is_duplicate(record, tokens):
                         stats.dedup["exact"] += 1
                         continue
@@ -540,16 +557,19 @@ def _run(
     test_shards = test_writer.close()
     train_writer = ShardWriter(out_dir, "train", config.shard_size)
     bar = _progress("decontaminate train", progress)
+    check = config.decontamination.enabled and len(decon) > 0
     with open(spool_path, "rb") as spool:
         for line in spool:
             bar.update()
-            record = TrainingRecord.model_validate_json(line)
-            if config.decontamination.enabled and decon.is_contaminated(record):
+            # the spool holds lines this build serialised from validated records: they are read
+            # as plain dicts and copied to the shard byte for byte, never validated again
+            row = json.loads(line)
+            if check and decon.is_contaminated_prompt(row["instruction"], row["input"]):
                 stats.decontaminated += 1
                 continue
-            train_writer.write(record)
-            stats.kept[record.source]["train"] += 1
-            stats.licenses[record.license] += 1
+            train_writer.write_line(line)
+            stats.kept[row["source"]]["train"] += 1
+            stats.licenses[row["license"]] += 1
     bar.close()
     train_shards = train_writer.close()
     stats.shards = train_shards + test_shards

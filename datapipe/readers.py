@@ -481,6 +481,8 @@ DEFAULT_APP_IDENTIFIER_FIELDS: tuple[str, ...] = (
 
 
 def _get_path(obj: Mapping[str, Any], dotted: str) -> Any:
+    if "." not in dotted:  # the common case, a top-level column
+        return obj.get(dotted) if isinstance(obj, Mapping) else None
     cur: Any = obj
     for part in dotted.split("."):
         if not isinstance(cur, Mapping) or part not in cur:

@@ -90,3 +90,59 @@ def test_structured_age_over_89_is_the_safe_harbor_aggregate_as_served() -> None
     assert deid.scrub("Age: 93").text == "Age: [AGE]"
     assert deid.scrub("Age: 95 or older").text == "Age: [AGE] or older"
     assert deid.scrub("my aunt is 90 years old").text == "my aunt is [AGE] years old"
+
+
+def _variants(text: str) -> list[str]:
+    """The same message as a patient might send it, to exercise both prefilter paths."""
+    return [
+        text,
+        text.upper(),
+        text.lower(),
+        text.replace(" ", "\x1c", 3),  # Python's \s matches \x1c, Hyperscan's does not
+        text + " Café",  # non-ASCII: the Python gates decide
+        text.replace(" ", "  "),
+    ]
+
+
+def test_hyperscan_prefilter_changes_no_replacement_and_no_residual_risk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from healthnav.datapipe import deid as deid_module
+
+    fast = Deidentifier()
+    if fast._prefilter is None:
+        pytest.skip("hyperscan is not installed (data extra): only the Python gates run")
+    slow = Deidentifier(prefilter=False)
+    texts = [json.loads(line)["text"] for line in LABELLED.read_text().splitlines() if line.strip()]
+    texts += [
+        "Pt Mary Jones, member id AB12345, acct 4111 1111 1111 1111, seen 3/4 at 12 Oak Street",
+        "My dad is 93 yo, plate 7ABC123, device serial SN-99812, IP 10.0.0.12 and fe80::1:2",
+        "Sincerely, Dr. Okafor. Call +44 20 7946 0958 or visit www.example.org/x",
+    ]
+    known = (("NAME", "Mary Jones"), ("PHONE", "617-555-0100"))
+    checked = 0
+    for text in texts:
+        for variant in _variants(text):
+            a, b = fast.scrub(variant, known), slow.scrub(variant, known)
+            assert (a.text, a.counts) == (b.text, b.counts), variant
+            checked += 1
+    assert checked >= 250
+    scrubbed = [slow.scrub(v).text for t in texts for v in _variants(t)] + [
+        "my name is Bob",
+        "DOB: 1/2/1990",
+        "call 1 2 3 4 5 6 7",
+        "1[ID]2[ID]3 4 5 6 7",
+    ]
+    with_prefilter = [Deidentifier.residual_risks(t) for t in scrubbed]
+    monkeypatch.setattr(deid_module, "_residual_prefilter", lambda: None)
+    assert [Deidentifier.residual_risks(t) for t in scrubbed] == with_prefilter
+    assert sum(map(bool, with_prefilter)) >= 4  # the check is not vacuous
+
+
+def test_known_identifiers_are_whole_words_case_insensitive(deid: Deidentifier) -> None:
+    known = (("NAME", "Ann Lee"),)
+    out = deid.scrub("ANN said Annual check, lee_way, Lee. and ann-marie", known).text
+    assert out == "[NAME] said Annual check, lee_way, [NAME]. and [NAME]-marie"
+    # non-ASCII text takes the regex path and agrees
+    out = deid.scrub("ANN said Annual check, lee_way, Lee. and ann-marie é", known).text
+    assert out == "[NAME] said Annual check, lee_way, [NAME]. and [NAME]-marie é"

@@ -73,18 +73,25 @@ def _mcq_item(record: TrainingRecord, prompt: str) -> EvalItem:
         format_mcq_output(label, str(text)) for label, text in zip(labels, options.values(), strict=True)
     )
     return EvalItem(
-        id=record.id,
-        source=record.source,
+        **_common(record, prompt),
         kind="mcq",
-        prompt=prompt,
-        reference=record.output,
         choices=choices,
         labels=labels,
         gold=labels.index(answer),
-        instruction=record.instruction,
-        input=record.input,
-        metadata=meta,
     )
+
+
+def _common(record: TrainingRecord, prompt: str) -> dict[str, Any]:
+    """The fields every kind of evaluation item takes from its record."""
+    return {
+        "id": record.id,
+        "source": record.source,
+        "prompt": prompt,
+        "reference": record.output,
+        "instruction": record.instruction,
+        "input": record.input,
+        "metadata": record.metadata,
+    }
 
 
 def _yesno_item(record: TrainingRecord, prompt: str) -> EvalItem:
@@ -92,17 +99,11 @@ def _yesno_item(record: TrainingRecord, prompt: str) -> EvalItem:
     if answer not in YESNO_OPTIONS:
         raise TaskError(f"record {record.id}: metadata.answer {answer!r} is not one of {list(YESNO_OPTIONS)}")
     return EvalItem(
-        id=record.id,
-        source=record.source,
+        **_common(record, prompt),
         kind="mcq",
-        prompt=prompt,
-        reference=record.output,
         choices=tuple(f"Answer: {o}" for o in YESNO_OPTIONS),
         labels=YESNO_OPTIONS,
         gold=YESNO_OPTIONS.index(answer),
-        instruction=record.instruction,
-        input=record.input,
-        metadata=record.metadata,
     )
 
 
@@ -114,16 +115,10 @@ def _triage_item(record: TrainingRecord, prompt: str) -> EvalItem:
     if risk not in RISK_LEVELS:
         raise TaskError(f"record {record.id}: triage record without a risk level in {list(RISK_LEVELS)}")
     return EvalItem(
-        id=record.id,
-        source=record.source,
+        **_common(record, prompt),
         kind="triage",
-        prompt=prompt,
-        reference=record.output,
         risk_level=risk,
         red_flag=risk == "emergency",
-        instruction=record.instruction,
-        input=record.input,
-        metadata=record.metadata,
     )
 
 
@@ -138,14 +133,8 @@ def record_to_item(record: TrainingRecord) -> EvalItem:
     if task == "triage":
         return _triage_item(record, prompt)
     return EvalItem(
-        id=record.id,
-        source=record.source,
+        **_common(record, prompt),
         kind="generation",
-        prompt=prompt,
-        reference=record.output,
-        instruction=record.instruction,
-        input=record.input,
-        metadata=record.metadata,
     )
 
 

@@ -5,8 +5,10 @@ Importable as ``kube_helpers`` from any test: ``tests/`` is on sys.path (rootdir
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,66 @@ def apply_crd(kube: Kube, path: Path) -> dict[str, Any]:
 
     wait_for(served, 30, f"{plural} served")
     return crd
+
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def set_path(path: str, value: Any) -> Mutation:
+    """A mutation setting ``a.b.0.c`` in a manifest (numeric parts index lists)."""
+
+    def apply(m: dict[str, Any]) -> None:
+        node: Any = m
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    return apply
+
+
+def delete_path(path: str) -> Mutation:
+    """A mutation deleting ``a.b.c`` from a manifest."""
+
+    def apply(m: dict[str, Any]) -> None:
+        node: Any = m
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        del node[parts[-1]]
+
+    return apply
+
+
+def custom_resource(
+    api_version: str, kind: str, name: str, namespace: str, spec: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+@dataclass(frozen=True)
+class InvalidManifest:
+    """A valid manifest broken one way; both the API server and the pydantic model must reject it.
+
+    Subclasses say which valid manifest they start from (:meth:`valid`).
+    """
+
+    id: str
+    mutate: Mutation
+    field: str
+    """The field path the API server's error must name (e.g. spec.training.learningRate)."""
+    in_spec: bool = True
+    """False when only the API server can check it (metadata, unknown top-level fields)."""
+
+    def valid(self, name: str, namespace: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        m = copy.deepcopy(self.valid(name, namespace))
+        self.mutate(m)
+        return m

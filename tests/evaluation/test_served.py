@@ -16,19 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from healthnav.evaluation.gates import QUALITY_METRICS
 from healthnav.evaluation.pipeline import EvalConfig, run_evaluation
 
 pytestmark = pytest.mark.slow
 
-COMPARED = (
-    "rougeL",
-    "bleu",
-    "semanticSimilarity",
-    "mcqAccuracy",
-    "mcqAccuracyNorm",
-    "riskLevelAccuracy",
-    "redFlagRecall",
-)
+COMPARED = QUALITY_METRICS  # every quality metric must agree between served and in-process
 
 
 def _free_port() -> int:

@@ -8,7 +8,7 @@ HNAV := $(VENV)/bin/hnav
 export HEALTHNAV_CACHE ?= $(HOME)/.cache/healthnav
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help venv binaries lint test demo bench
+.PHONY: help venv binaries lint test test-gpu demo bench
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ lint: venv ## ruff
 
 test: venv binaries scan-tools lint ## Lint and every test that runs on a CPU machine
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-gpu: venv ## On a CUDA machine: the gpu-marked tests (QLoRA 4-bit, bf16 scoring, vLLM if installed)
+	$(VENV)/bin/pytest -m gpu $(PYTEST_ARGS)
 
 demo: venv binaries ## The main job: data -> QLoRA -> eval -> Ray Serve -> operator, locally
 	$(HNAV) demo

@@ -9,9 +9,12 @@ intermediate 14336, vocab 32000) with random bf16 weights written to a temporary
 (about 14.5 GB of disk), and a tokenizer trained locally. Throughput does not depend on the
 weights' values, so the figures stand for BioMistral-7B.
 
-Without CUDA it writes a "skipped" result and exits 0 (it is run by ``make bench`` everywhere).
+Without CUDA it prints "skipped", leaves the last GPU result in place and exits 0 (``make bench``
+runs it everywhere).
 
-    .venv/bin/python bench/trainer_gpu.py [--steps 20] [--records 400] [--layers 32]
+    python -m bench.trainer_gpu [--steps 20] [--records 400] [--layers 32] [--keep DIR]
+
+With ``--keep DIR`` the model is in ``DIR/model`` and the adapter in ``DIR/out/adapter``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ RESULTS = HERE / "results" / "trainer_gpu.json"
 sys.path.insert(0, str(HERE))
 
 
-def write_model(path: Path, layers: int, corpus: list[str]) -> Path:
+def write_model(
+    path: Path, layers: int, corpus: list[str], *, fit_vocab: bool = False, adapter: Path | None = None
+) -> Path:
+    """Write a Mistral-7B-shaped model with random bf16 weights (and optionally a random LoRA adapter).
+
+    ``fit_vocab`` sizes the vocabulary to the local tokenizer instead of Mistral's 32000, so every
+    token a random model generates decodes to text (a serving benchmark times text, not ids).
+    ``adapter`` writes an r=16 q/k/v/o LoRA adapter with non-zero weights next to it.
+    """
     import torch
     from transformers import AutoModelForCausalLM, MistralConfig
 
@@ -39,7 +50,7 @@ def write_model(path: Path, layers: int, corpus: list[str]) -> Path:
 
     tok = build_tokenizer(corpus, vocab_size=8192)
     cfg = MistralConfig(
-        vocab_size=32000,
+        vocab_size=len(tok) if fit_vocab else 32000,
         hidden_size=4096,
         intermediate_size=14336,
         num_hidden_layers=layers,
@@ -56,9 +67,28 @@ def write_model(path: Path, layers: int, corpus: list[str]) -> Path:
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
+    if adapter is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        lora.init_lora_weights = False  # random A and B: the adapter changes the output
+        get_peft_model(model, lora).save_pretrained(adapter, safe_serialization=True)
     del model
     torch.cuda.empty_cache()
     return path
+
+
+def software_versions() -> dict[str, str]:
+    """The versions a GPU figure depends on (the GPU machine's image, not this repo's pins)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "flash-attn"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def write_dataset(path: Path, records: list[Any]) -> str:
@@ -87,15 +117,15 @@ def main() -> None:
         "--batch-size", type=int, default=4, help="rows of --max-seq-length tokens per micro-batch"
     )
     parser.add_argument("--max-seq-length", type=int, default=2048)
+    parser.add_argument("--keep", type=Path, help="keep the model and the adapter here (for engine_gpu)")
     args = parser.parse_args()
 
     import torch
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
-        result = {"benchmark": "trainer_gpu", "skipped": "no CUDA device on this machine"}
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result))
+        # keep the figures a GPU machine wrote: a CPU run has nothing to replace them with
+        print(json.dumps({"benchmark": "trainer_gpu", "skipped": "no CUDA device on this machine"}))
         return
 
     from trainer_cpu import make_records
@@ -105,7 +135,8 @@ def main() -> None:
 
     records = make_records(args.records)
     with tempfile.TemporaryDirectory(prefix="hnav-gpu-bench-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         model = write_model(
             work / "model", args.layers, [f"{r.instruction}\n{r.input}\n{r.output}" for r in records]
@@ -149,6 +180,7 @@ def main() -> None:
     summary = {
         "benchmark": "trainer_gpu",
         "device": torch.cuda.get_device_name(0),
+        "software": software_versions(),
         "model": f"Mistral-7B-shaped ({args.layers} layers), random weights, QLoRA nf4 + double quant, bf16",
         "attention": m["attention"],
         "steps": m["steps"],

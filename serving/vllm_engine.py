@@ -10,6 +10,7 @@ vLLM is imported lazily: it needs CUDA and is not installed in CPU images or tes
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -123,10 +124,16 @@ class VLLMEngine:
         if lora_id is not None and hasattr(self.engine, "remove_lora"):
             await self.engine.remove_lora(lora_id)
 
-    async def _count_tokens(self, prompt: str) -> int:
+    async def _encode(self, prompt: str) -> list[int]:
+        """The prompt's token ids, from the engine's own tokenizer (so they are what vLLM would make).
+
+        vLLM's ``get_tokenizer`` was a coroutine before the V1 engine and is a plain method since;
+        both are accepted.
+        """
         if self._tokenizer is None:
-            self._tokenizer = await self.engine.get_tokenizer()
-        return len(self._tokenizer.encode(prompt))
+            tokenizer = self.engine.get_tokenizer()
+            self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        return list(self._tokenizer.encode(prompt))
 
     async def generate(
         self, prompt: str, sampling: Sampling, *, adapter: str | None, request_id: str
@@ -139,14 +146,17 @@ class VLLMEngine:
             if adapter not in self._lora_ids:
                 raise EngineRequestError(f"adapter {adapter!r} is not loaded on this replica", param="model")
             lora = LoRARequest(adapter, self._lora_ids[adapter], self._paths[adapter])
-        prompt_tokens = await self._count_tokens(prompt)
+        ids = await self._encode(prompt)
+        prompt_tokens = len(ids)
         check_context(prompt_tokens, sampling.max_tokens, self.max_model_len)
+        # a TokensPrompt: the prompt is tokenized once (here, to check the context) and not again
         params = SamplingParams(**sampling_kwargs(sampling))
         emitted = ""
         finished = False
         score_only = sampling.max_tokens == 0
         try:
-            async for out in self.engine.generate(prompt, params, request_id, lora_request=lora):
+            engine_prompt = {"prompt_token_ids": ids, "prompt": prompt}
+            async for out in self.engine.generate(engine_prompt, params, request_id, lora_request=lora):
                 completion = out.outputs[0]
                 finished = bool(out.finished)
                 if score_only:

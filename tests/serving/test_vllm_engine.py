@@ -1,0 +1,202 @@
+"""VLLMEngine's own logic (deltas, adapters, aborts, tokenizing once) against a stand-in for vLLM.
+
+vLLM needs a CUDA GPU and its wheel pins a torch build of its own, so it cannot run here. The
+stand-in below is a mock, and only of what cannot run: it mirrors the vLLM 0.33 API that
+``healthnav.serving.vllm_engine`` calls (``AsyncLLM.generate(prompt, params, request_id, *,
+lora_request)`` yielding cumulative ``RequestOutput``s, a synchronous ``get_tokenizer()``,
+``abort``, ``add_lora``/``remove_lora``, and ``AsyncEngineArgs``/``SamplingParams`` with vLLM's
+field names, so a misspelt argument fails here as it would there). The real engine runs in
+``test_serving_units.py::test_vllm_engine_generates_with_a_lora_adapter`` where vLLM is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from healthnav.serving.config import ServeAppConfig
+from healthnav.serving.engine import EngineRequestError, Sampling
+
+pytestmark = pytest.mark.unit
+
+
+@dataclasses.dataclass
+class AsyncEngineArgs:  # the fields of vllm.engine.arg_utils.EngineArgs (0.33) that healthnav sets
+    model: str
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    enforce_eager: bool = False
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None
+    tensor_parallel_size: int = 1
+    disable_log_stats: bool = False
+
+
+@dataclasses.dataclass
+class SamplingParams:  # vllm.sampling_params.SamplingParams (0.33), the fields healthnav sets
+    n: int = 1
+    max_tokens: int | None = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+
+
+@dataclasses.dataclass
+class LoRARequest:
+    lora_name: str
+    lora_int_id: int
+    lora_path: str = ""
+
+
+class WordTokenizer:
+    def encode(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join("x" * i for i in ids)
+
+
+class FakeAsyncLLM:
+    """Streams a fixed completion cumulatively, as vLLM's default RequestOutputKind does."""
+
+    completion = ["Risk", "Risk level:", "Risk level: low"]
+
+    def __init__(self, args: AsyncEngineArgs) -> None:
+        self.args = args
+        self.prompts: list[dict[str, Any]] = []
+        self.loras: list[LoRARequest | None] = []
+        self.aborted: list[str] = []
+        self.added: list[LoRARequest] = []
+
+    @classmethod
+    def from_engine_args(cls, args: AsyncEngineArgs) -> FakeAsyncLLM:
+        return cls(args)
+
+    def get_tokenizer(self) -> WordTokenizer:  # synchronous since vLLM's V1 engine
+        return WordTokenizer()
+
+    async def add_lora(self, request: LoRARequest) -> bool:
+        self.added.append(request)
+        return True
+
+    async def remove_lora(self, lora_id: int) -> bool:
+        return True
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    async def generate(
+        self, prompt: Any, params: SamplingParams, request_id: str, *, lora_request: LoRARequest | None = None
+    ) -> AsyncIterator[Any]:
+        assert isinstance(prompt, dict), "healthnav passes a TokensPrompt"
+        self.prompts.append(prompt)
+        self.loras.append(lora_request)
+        for i, text in enumerate(self.completion):
+            await asyncio.sleep(0)
+            done = i == len(self.completion) - 1
+            output = types.SimpleNamespace(
+                text=text, token_ids=list(range(i + 1)), finish_reason="stop" if done else None, logprobs=None
+            )
+            yield types.SimpleNamespace(
+                outputs=[output],
+                finished=done,
+                prompt_token_ids=prompt["prompt_token_ids"],
+                prompt_logprobs=None,
+            )
+
+
+@pytest.fixture
+def vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = types.ModuleType("vllm")
+    module.AsyncEngineArgs = AsyncEngineArgs  # type: ignore[attr-defined]
+    module.AsyncLLMEngine = FakeAsyncLLM  # type: ignore[attr-defined]
+    module.SamplingParams = SamplingParams  # type: ignore[attr-defined]
+    lora = types.ModuleType("vllm.lora")
+    request = types.ModuleType("vllm.lora.request")
+    request.LoRARequest = LoRARequest  # type: ignore[attr-defined]
+    for name, mod in (("vllm", module), ("vllm.lora", lora), ("vllm.lora.request", request)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return module
+
+
+def make_engine(tmp_path: Path, max_model_len: int = 4096) -> Any:
+    from healthnav.serving.vllm_engine import VLLMEngine
+
+    cfg = ServeAppConfig.model_validate(
+        {
+            "baseModel": f"file://{tmp_path}/model",
+            "engine": "vllm",
+            "engineArgs": {"maxModelLen": max_model_len, "maxLoras": 2},
+            "adapterCacheDir": str(tmp_path / "adapters"),
+        }
+    )
+    return VLLMEngine(cfg)
+
+
+async def collect(engine: Any, prompt: str, adapter: str | None = None, max_tokens: int = 32) -> list[Any]:
+    sampling = Sampling(max_tokens=max_tokens, temperature=0)
+    return [c async for c in engine.generate(prompt, sampling, adapter=adapter, request_id="r1")]
+
+
+def test_streams_deltas_of_cumulative_outputs_and_tokenizes_once(vllm: Any, tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+    assert engine.engine.args.enable_lora and engine.engine.args.max_loras == 2
+    chunks = asyncio.run(collect(engine, "Fever and cough."))
+    assert "".join(c.text for c in chunks) == "Risk level: low"
+    assert [c.finish_reason for c in chunks][-1] == "stop"
+    assert chunks[-1].prompt_tokens == 3 and chunks[-1].completion_tokens == 3
+    sent = engine.engine.prompts[0]
+    assert sent == {"prompt_token_ids": [5, 3, 6], "prompt": "Fever and cough."}
+    assert engine.engine.aborted == []  # finished normally: nothing to abort
+
+
+def test_adapter_requests_carry_their_lora_and_unknown_adapters_are_rejected(
+    vllm: Any, tmp_path: Path
+) -> None:
+    engine = make_engine(tmp_path)
+
+    async def run() -> None:
+        await engine.add_adapter("triage", tmp_path / "triage")
+        await engine.add_adapter("derm", tmp_path / "derm")
+        await collect(engine, "Rash.", adapter="derm")
+        with pytest.raises(EngineRequestError, match="not loaded"):
+            await collect(engine, "Rash.", adapter="cardio")
+
+    asyncio.run(run())
+    lora = engine.engine.loras[0]
+    assert (lora.lora_name, lora.lora_int_id, lora.lora_path) == ("derm", 2, str(tmp_path / "derm"))
+    assert len(engine.engine.prompts) == 1  # the unknown adapter never reached the engine
+
+
+def test_a_client_that_goes_away_aborts_the_request(vllm: Any, tmp_path: Path) -> None:
+    engine = make_engine(tmp_path)
+
+    async def run() -> None:
+        stream = engine.generate("Headache.", Sampling(max_tokens=8), adapter=None, request_id="gone")
+        await anext(stream)
+        await stream.aclose()  # what Ray Serve does when the HTTP client disconnects
+
+    asyncio.run(run())
+    assert engine.engine.aborted == ["gone"]
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_before_the_gpu_sees_it(vllm: Any, tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, max_model_len=128)
+    with pytest.raises(EngineRequestError) as err:
+        asyncio.run(collect(engine, "word " * 120, max_tokens=64))
+    assert err.value.status == 400
+    assert engine.engine.prompts == []

@@ -2,9 +2,11 @@
 
 The engine is :class:`healthnav.serving.engine.EchoEngine`, a zero-cost engine that streams
 ``max_tokens`` one-word chunks: latency measured through HTTP is then the serving layer itself
-(proxy, FastAPI router, auth, validation, prompt rendering, handle call to the engine replica
-with multiplexing, SSE), not a model. The same request is timed against the engine called
-directly in-process; the difference is the added latency.
+(Ray's HTTP proxy, its hop to the replica, FastAPI, auth, validation, prompt rendering,
+admission, JSON or SSE), not a model. The requests name the base model, which a replica serves
+itself; adapter requests the replica does not hold pay one more Ray hop (see serving/app.py).
+The same request is timed against the engine called directly in-process; the difference is the
+added latency.
 
 1. added latency: sequential non-streaming chat completions, p50/p99, HTTP minus direct;
 2. concurrency: 1, 8, 32 and 64 concurrent streaming clients, each running streamed requests

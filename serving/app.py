@@ -1,16 +1,27 @@
-"""The Ray Serve application: an HTTP router in front of autoscaled, multiplexed engine replicas.
+"""The Ray Serve application: one deployment, ``LLMServer``, that is both the HTTP ingress and the engine.
 
-Two deployments, because routing by adapter needs it. The OpenAI ``model`` field lives in the
-JSON body, while Ray Serve model multiplexing routes on a per-call model id; so ``Router``
-(FastAPI ingress, light, no GPU) authenticates, validates, renders prompts, resolves ``model``
-to the base model or an adapter, and calls ``LLMServer`` through a handle with
-``multiplexed_model_id=<adapter>``. Ray then prefers replicas that already hold the adapter.
-``LLMServer`` owns the engine (GPU), autoscales on ongoing requests (down to zero if
-configured) and loads adapters on demand (``@serve.multiplexed``, LRU per replica).
+Each replica owns an engine (GPU) and answers HTTP itself: authentication, validation, prompt
+rendering, limits, red flags and SSE run in the process that generates, so a request crosses one
+Ray hop (proxy → replica) instead of two. An earlier design put a CPU-only FastAPI ``Router`` in
+front of the engine deployment: its handle call to the engine cost several times what the
+router's own work did (about 0.3 ms a request), and dropping it took the layer's added p50 from
+12.0 to 7.7 ms on 2 cores (``bench/serving_latency.py``). It is the shape of vLLM's own OpenAI
+server (API and ``AsyncLLM`` in one process), with Ray Serve adding replicas, autoscaling,
+multiplexing and the proxy's load balancing.
 
-Backpressure: each ``LLMServer`` replica takes at most ``maxOngoingRequests``; beyond that the
-router's handle queues at most ``maxQueuedRequests`` and then answers 503 with ``Retry-After``
-instead of queueing forever. Request bodies and generations are never logged.
+Adapter affinity (Ray Serve model multiplexing, so requests go to replicas already holding the
+adapter) is kept: the OpenAI ``model`` field lives in the JSON body, which the proxy does not
+read, so the replica that receives a request decides. The base model and adapters resident on
+this replica are served here; a request for an adapter this replica does not hold is forwarded
+through a handle to its own deployment with ``multiplexed_model_id=<adapter>``, and Ray picks a
+replica that holds it (or, if none does, a lightly loaded one, which loads it; possibly this
+one). ``@serve.multiplexed`` loads adapters on demand and unloads them LRU per replica.
+
+Backpressure: :class:`Admission` lets at most ``maxOngoingRequests`` generations into a replica's
+engine and ``maxQueuedRequests`` wait; beyond that the answer is 503 with ``Retry-After`` in
+OpenAI's error shape, and an assessment with red flags still answers ``emergency`` — which is why
+admission lives here and Ray's own per-replica cap sits above it (Ray's proxy would otherwise
+reject before any of our code runs). Request bodies and generations are never logged.
 
 ``build_app(args)`` is the import path a RayService's serveConfigV2 names (:data:`IMPORT_PATH`).
 
@@ -50,6 +61,8 @@ log = logging.getLogger("healthnav.serving")
 RETRY_AFTER_S = 2
 ASSESSMENT_MAX_TOKENS = 256
 BODY_OVERHEAD_BYTES = 64 * 1024
+HTTP_HEADROOM = 16
+"""Requests a replica takes beyond its engine's admission limit and queue (see llm_deployment_options)."""
 
 
 # --- deployment options: pure functions of the configuration (unit-tested) ----------------------
@@ -68,36 +81,32 @@ def autoscaling_config(cfg: ServeAppConfig) -> dict[str, Any]:
 
 
 def llm_deployment_options(cfg: ServeAppConfig) -> dict[str, Any]:
-    """Options of the engine deployment: GPUs, autoscaling, per-replica concurrency."""
+    """Options of the deployment: GPUs, autoscaling, and Ray's per-replica cap above our admission.
+
+    The engine's concurrency is bounded by :class:`Admission` (``maxOngoingRequests`` generating,
+    ``maxQueuedRequests`` waiting). Ray's ``max_ongoing_requests`` is set above that, with
+    :data:`HTTP_HEADROOM` for health checks, model listings and adapter requests passing through
+    to another replica, so a saturated replica still answers in our words (an OpenAI-shaped 503,
+    or an emergency assessment). Past Ray's cap, or while the deployment scales up from zero,
+    the proxy queues requests and answers 503 with ``Retry-After`` itself beyond
+    ``max_queued_requests``. That queue also holds every request until a replica has accepted
+    it, so a burst passes through it even when replicas have room (more so while a CPU-bound
+    engine holds the replica's GIL); it is sized to two replicas' worth of requests.
+    """
+    lim = cfg.limits
+    queue = lim.max_queued_requests
+    waiting = queue if queue >= 0 else 3 * lim.max_ongoing_requests
+    cap = lim.max_ongoing_requests + waiting + HTTP_HEADROOM
     return {
         "name": "LLMServer",
         "ray_actor_options": {"num_cpus": cfg.num_cpus_per_replica, "num_gpus": cfg.num_gpus_per_replica},
         "autoscaling_config": autoscaling_config(cfg),
-        "max_ongoing_requests": cfg.limits.max_ongoing_requests,
-        "max_queued_requests": cfg.limits.max_queued_requests,
+        "max_ongoing_requests": cap,
+        "max_queued_requests": 2 * cap if queue >= 0 else -1,
+        "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
-        "graceful_shutdown_timeout_s": cfg.limits.request_timeout_seconds,
-    }
-
-
-def router_deployment_options(cfg: ServeAppConfig) -> dict[str, Any]:
-    """Options of the HTTP router: CPU-light, scales with traffic, never below one replica."""
-    lim = cfg.limits
-    per_router = 4 * (lim.max_ongoing_requests + max(lim.max_queued_requests, 0)) + 16
-    return {
-        "name": "Router",
-        "ray_actor_options": {"num_cpus": 0},
-        "autoscaling_config": {
-            "min_replicas": 1,
-            "max_replicas": max(1, cfg.autoscaling.max_replicas),
-            "target_ongoing_requests": per_router / 2,
-            "upscale_delay_s": cfg.autoscaling.upscale_delay_seconds,
-            "downscale_delay_s": cfg.autoscaling.downscale_delay_seconds,
-        },
-        "max_ongoing_requests": per_router,
-        "max_queued_requests": max(lim.max_queued_requests, 0) * 4 if lim.max_queued_requests >= 0 else -1,
-        "backpressure_config": {"status_code": 503, "retry_after_s": RETRY_AFTER_S},
+        "graceful_shutdown_timeout_s": lim.request_timeout_seconds,
     }
 
 
@@ -139,14 +148,92 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
-def overloaded(what: str = "the model") -> ApiError:
+OVERLOADED = {
+    "status": 503,
+    "message": f"the model is at capacity; retry after {RETRY_AFTER_S} s",
+    "type": "overloaded_error",
+    "code": "overloaded",
+}
+"""What :meth:`LLMServer.complete`/``generate`` answer when :class:`Admission` refuses a request."""
+
+
+def engine_error(err: dict[str, Any]) -> ApiError:
+    """The ApiError for an ``{"error": ...}`` answer of :meth:`LLMServer.complete`/``generate``."""
+    status = err.get("status", 400)
     return ApiError(
-        503,
-        f"{what} is at capacity; retry after {RETRY_AFTER_S} s",
-        type="overloaded_error",
-        code="overloaded",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
+        status,
+        err["message"],
+        param=err.get("param"),
+        type=err.get("type", "invalid_request_error"),
+        code=err.get("code"),
+        headers={"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None,
     )
+
+
+def overloaded() -> ApiError:
+    return engine_error(OVERLOADED)
+
+
+class Admission:
+    """At most ``limit`` generations at once in this replica's engine, at most ``queue`` waiting.
+
+    ``queue`` < 0 lets any number wait. A request that would exceed both is refused at once
+    (:meth:`enter` returns False) rather than queued forever; the caller answers 503.
+    """
+
+    def __init__(self, limit: int, queue: int) -> None:
+        self.queue = queue
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(limit)
+
+    async def enter(self) -> bool:
+        if self._slots.locked():
+            if 0 <= self.queue <= self.waiting:
+                return False
+            self.waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        return True
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
+# Everything LLMServer uses must be defined above it: @serve.ingress pickles the FastAPI app, and
+# with it the globals its routes' code refers to, when the class is decorated.
+
+
+def merge_chunks(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """One chunk standing for ``a`` then ``b``: text concatenated, the rest from the later one."""
+    if b.get("error"):
+        return b
+    return {**b, "text": a["text"] + b["text"]}
+
+
+class LocalStream:
+    """A generation running in this replica, with the two things the SSE writer uses of a
+    ``DeploymentResponseGenerator``: async iteration and ``cancel()``."""
+
+    _closing: set[Any] = set()
+
+    def __init__(self, agen: AsyncIterator[dict[str, Any]]) -> None:
+        self._agen = agen
+
+    def __aiter__(self) -> "LocalStream":
+        return self
+
+    def __anext__(self) -> Any:
+        return self._agen.__anext__()
+
+    def cancel(self) -> None:
+        """Stop the generation (and free its admission slot) when the client went away."""
+        task = asyncio.ensure_future(self._agen.aclose())  # type: ignore[attr-defined]
+        self._closing.add(task)  # keep a reference until it ran
+        task.add_done_callback(self._closing.discard)
 
 
 # --- the FastAPI app --------------------------------------------------------------------------------
@@ -239,37 +326,103 @@ async def _authorize(request: Request) -> None:
         )
 
 
+class _ResidentAdapter:
+    """An adapter loaded in this replica's engine; Ray's multiplexer unloads it LRU via ``__del__``."""
+
+    def __init__(self, server: "LLMServer", name: str, path: Any) -> None:
+        self.server, self.name, self.path = server, name, path
+        self.loop = asyncio.get_running_loop()
+        self.released = False
+        server.resident.add(name)
+
+    def __del__(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.server.resident.discard(self.name)
+        self.server.cache.unpin(self.path)
+        asyncio.run_coroutine_threadsafe(self.server.engine.remove_adapter(self.name), self.loop)
+
+
 @serve.deployment
 @serve.ingress(api)
-class Router:
-    """HTTP ingress: auth, validation, prompt rendering, model resolution, streaming."""
+class LLMServer:
+    """HTTP ingress and engine in one replica (one per GPU); see the module docstring for why.
 
-    def __init__(self, args: dict[str, Any], llm: DeploymentHandle) -> None:
-        from healthnav.serving.metrics import RouterMetrics
+    HTTP routes serve the base model and resident adapters by calling :meth:`complete` and
+    :meth:`generate` in-process; the same two methods are what a handle call from another
+    replica runs when it forwards an adapter request here.
+    """
+
+    def __init__(
+        self,
+        args: dict[str, Any],
+        engine_factory: str | None = None,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        from healthnav.serving.metrics import EngineMetrics, RequestMetrics
 
         self.cfg = ServeAppConfig.model_validate(args)
-        self.llm = llm
+        self.engine = make_engine(self.cfg, engine_factory, engine_options)
+        self.cache = AdapterCache(self.cfg.adapter_cache_dir, self.cfg.adapter_cache_max_bytes)
         self.resolver = AdapterResolver(self.cfg)
-        self.metrics = RouterMetrics()
+        self.metrics = RequestMetrics()
+        self.engine_metrics = EngineMetrics()
+        self.admission = Admission(self.cfg.limits.max_ongoing_requests, self.cfg.limits.max_queued_requests)
         self.created = int(time.time())
+        self.resident: set[str] = set()
+        """Adapters loaded in this replica's engine: requests for them are served here."""
+        self._uris: dict[str, str] = {}
+        self._ongoing = 0
         self._handles: dict[tuple[str, bool], DeploymentHandle] = {}
+        self._deployment: DeploymentHandle | None = None
+
+        async def load(model_id: str) -> _ResidentAdapter:
+            uri = self._uris[model_id]
+            path = await asyncio.to_thread(self.cache.fetch, model_id, uri)
+            self.cache.pin(path)
+            try:
+                await self.engine.add_adapter(model_id, path)
+            except Exception as exc:  # weights that do not fit the model or the engine's limits
+                self.cache.unpin(path)
+                log.warning("adapter %s failed to load: %s", model_id, type(exc).__name__)
+                raise AdapterError(f"adapter {model_id!r} could not be loaded: {exc}") from exc
+            self.engine_metrics.adapter_loads.inc(1, tags={"adapter": model_id})
+            return _ResidentAdapter(self, model_id, path)
+
+        self._get_adapter = serve.multiplexed(max_num_models_per_replica=self.cfg.engine_args.max_loras)(load)
         api.state.api_keys = api_keys(self.cfg)
         api.state.max_body_bytes = self.cfg.limits.max_prompt_chars * 4 + BODY_OVERHEAD_BYTES
 
-    # -- model resolution and generation --
+    # -- where a request runs --
+
+    def _elsewhere(self, ref: ModelRef) -> bool:
+        """Whether to forward: an adapter this replica does not hold, when Ray can pick the replica."""
+        return not ref.is_base and ref.name not in self.resident and self._peer_handle() is not None
+
+    def _peer_handle(self) -> DeploymentHandle | None:
+        if self._deployment is None:
+            try:
+                ctx = serve.get_replica_context()
+            except Exception:  # not running in a replica (in-process use): serve everything here
+                return None
+            self._deployment = serve.get_deployment_handle(ctx.deployment, ctx.app_name)
+        return self._deployment
 
     def _handle(self, ref: ModelRef, *, stream: bool) -> DeploymentHandle:
-        """The engine handle for a model, built once per (model, streaming) and reused.
+        """The handle routing to a replica holding ``ref``, built once per (adapter, streaming).
 
         ``options()`` builds a new handle object; doing it per request is measurable overhead.
         The multiplexed model id is what routes adapter requests to replicas holding them.
         """
-        key = (ref.name if not ref.is_base else "", stream)
+        key = (ref.name, stream)
         handle = self._handles.get(key)
         if handle is None:
             if len(self._handles) >= 1024:  # adapters come and go; don't grow without bound
                 self._handles.clear()
-            handle = self.llm.options(stream=stream, multiplexed_model_id=key[0])
+            peer = self._peer_handle()
+            assert peer is not None
+            handle = peer.options(stream=stream, multiplexed_model_id=ref.name)
             self._handles[key] = handle
         return handle
 
@@ -298,8 +451,14 @@ class Router:
     ) -> tuple[Any, dict[str, Any], float]:
         """Start a generation; returns (stream, first chunk, seconds to first chunk) or raises ApiError."""
         started = time.perf_counter()
-        handle = self._handle(ref, stream=True)
-        stream = handle.generate.remote(prompt, sampling.__dict__, None if ref.is_base else ref.name, ref.uri)
+        adapter = None if ref.is_base else ref.name
+        stream: Any
+        if self._elsewhere(ref):
+            stream = self._handle(ref, stream=True).generate.remote(
+                prompt, sampling.__dict__, adapter, ref.uri
+            )
+        else:
+            stream = LocalStream(self.generate(prompt, sampling.__dict__, adapter, ref.uri))
         try:
             async with asyncio.timeout(self.cfg.limits.request_timeout_seconds):
                 first = await stream.__anext__()
@@ -311,41 +470,35 @@ class Router:
         except StopAsyncIteration:
             first = {"text": "", "finish_reason": "stop", "prompt_tokens": 0, "completion_tokens": 0}
         if first.get("error"):
-            err = first["error"]
-            raise ApiError(
-                err.get("status", 400),
-                err["message"],
-                param=err.get("param"),
-                type=err.get("type", "invalid_request_error"),
-            )
+            raise engine_error(first["error"])
         return stream, first, time.perf_counter() - started
 
     async def _complete(self, ref: ModelRef, prompt: str, sampling: Sampling) -> dict[str, Any]:
-        """Run a generation to the end in one round trip.
+        """Run a generation to the end: here, or on a replica holding the adapter (one Ray message).
 
         Returns ``text``, ``finish_reason``, ``prompt_tokens``, ``completion_tokens``, ``ttft``
-        and ``logprobs``. Non-streaming requests use the engine's ``complete`` (one Ray message
-        instead of one per token), which is most of the serving layer's added latency.
+        and ``logprobs``, or raises ApiError.
         """
-        handle = self._handle(ref, stream=False)
         adapter = None if ref.is_base else ref.name
-        response = handle.complete.remote(prompt, sampling.__dict__, adapter, ref.uri)
+        elsewhere = self._elsewhere(ref)
+        response: Any = None
         try:
             async with asyncio.timeout(self.cfg.limits.request_timeout_seconds):
-                out = await response
+                if elsewhere:
+                    response = self._handle(ref, stream=False).complete.remote(
+                        prompt, sampling.__dict__, adapter, ref.uri
+                    )
+                    out = await response
+                else:  # in this task: the timeout cancels the generation with it
+                    out = await self.complete(prompt, sampling.__dict__, adapter, ref.uri)
         except BackPressureError as exc:
             raise overloaded() from exc
         except TimeoutError as exc:
-            response.cancel()
+            if response is not None:
+                response.cancel()
             raise ApiError(504, "timed out waiting for the model", type="timeout_error") from exc
         if out.get("error"):
-            err = out["error"]
-            raise ApiError(
-                err.get("status", 400),
-                err["message"],
-                param=err.get("param"),
-                type=err.get("type", "invalid_request_error"),
-            )
+            raise engine_error(out["error"])
         return out
 
     async def _generate_response(
@@ -446,22 +599,21 @@ class Router:
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz(self) -> dict[str, str]:
-        """Liveness of the router itself."""
+        """Liveness of the replica that answered."""
         return {"status": "ok"}
 
     @api.get("/readyz", responses={503: ERROR_RESPONSES[503]})
     async def readyz(self) -> JSONResponse:
-        """Ready when an engine replica has its model loaded (or the app may scale from zero)."""
-        if self.cfg.autoscaling.min_replicas == 0:
-            return JSONResponse({"status": "ready", "engine": "scales from zero on first request"})
+        """Ready when the answering replica's engine is healthy (Ray routes only to replicas whose
+        model has loaded). Like any request, it wakes a deployment scaled to zero."""
         try:
             async with asyncio.timeout(5):
-                info = await self.llm.ready.remote()
+                await self.check_health()
         except Exception:
             return ApiError(
                 503, "engine not ready", type="not_ready", headers={"Retry-After": "5"}
             ).response()
-        return JSONResponse({"status": "ready", **info})
+        return JSONResponse({"status": "ready", **(await self.ready())})
 
     @api.get(
         "/v1/models",
@@ -551,55 +703,7 @@ class Router:
         self.metrics.request("assessment", ref.name, 200, took)
         return JSONResponse(build_assessment(generated, flags, model=ref.name, latency_ms=took * 1000))
 
-
-class _ResidentAdapter:
-    """An adapter loaded in this replica's engine; Ray's multiplexer unloads it LRU via ``__del__``."""
-
-    def __init__(self, server: "LLMServer", name: str, path: Any) -> None:
-        self.server, self.name, self.path = server, name, path
-        self.loop = asyncio.get_running_loop()
-        self.released = False
-
-    def __del__(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        self.server.cache.unpin(self.path)
-        asyncio.run_coroutine_threadsafe(self.server.engine.remove_adapter(self.name), self.loop)
-
-
-@serve.deployment
-class LLMServer:
-    """Owns the engine; one per GPU. Streams chunks as dicts to the router."""
-
-    def __init__(
-        self,
-        args: dict[str, Any],
-        engine_factory: str | None = None,
-        engine_options: dict[str, Any] | None = None,
-    ) -> None:
-        from healthnav.serving.metrics import EngineMetrics
-
-        self.cfg = ServeAppConfig.model_validate(args)
-        self.engine = make_engine(self.cfg, engine_factory, engine_options)
-        self.cache = AdapterCache(self.cfg.adapter_cache_dir, self.cfg.adapter_cache_max_bytes)
-        self.metrics = EngineMetrics()
-        self._uris: dict[str, str] = {}
-        self._ongoing = 0
-
-        async def load(model_id: str) -> _ResidentAdapter:
-            uri = self._uris[model_id]
-            path = await asyncio.to_thread(self.cache.fetch, model_id, uri)
-            self.cache.pin(path)
-            try:
-                await self.engine.add_adapter(model_id, path)
-            except Exception:
-                self.cache.unpin(path)
-                raise
-            self.metrics.adapter_loads.inc(1, tags={"adapter": model_id})
-            return _ResidentAdapter(self, model_id, path)
-
-        self._get_adapter = serve.multiplexed(max_num_models_per_replica=self.cfg.engine_args.max_loras)(load)
+    # -- the engine: called in-process by the routes above, or through a handle by another replica --
 
     async def ready(self) -> dict[str, Any]:
         return {
@@ -641,12 +745,13 @@ class LLMServer:
     async def generate(
         self, prompt: str, sampling: dict[str, Any], adapter: str | None, adapter_uri: str | None
     ) -> AsyncIterator[dict[str, Any]]:
-        """Stream chunks to the router, coalescing those the engine produced while one was in flight.
+        """Stream chunks, coalescing those the engine produced while one was in flight.
 
-        Each yield is a Ray message (and, through the router, an SSE event through the proxy):
-        sending one per token makes the serving layer, not the model, the bottleneck under
-        load. The first chunk goes out at once (time to first token is untouched); after it,
-        whatever has accumulated while the previous message was sent is merged into one.
+        Each yield is an SSE event through the proxy (and, for a request forwarded from another
+        replica, a Ray message first): sending one per token makes the serving layer, not the
+        model, the bottleneck under load. The first chunk goes out at once (time to first token
+        is untouched); after it, whatever has accumulated while the previous one was sent is
+        merged into one.
         """
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
@@ -677,13 +782,19 @@ class LLMServer:
     async def _chunks(
         self, prompt: str, sampling: dict[str, Any], adapter: str | None, adapter_uri: str | None
     ) -> AsyncIterator[dict[str, Any]]:
+        """Engine chunks as dicts, after admission; ``{"error": ...}`` for what the caller answers 4xx/5xx."""
+        if not await self.admission.enter():
+            yield {"error": OVERLOADED}
+            return
         self._ongoing += 1
-        self.metrics.set_depth(getattr(self.engine, "waiting", 0), self._ongoing)
+        self.engine_metrics.set_depth(
+            getattr(self.engine, "waiting", 0) + self.admission.waiting, self._ongoing
+        )
         try:
             if adapter is not None:
                 assert adapter_uri is not None
                 self._uris[adapter] = adapter_uri
-                self.metrics.adapter_requests.inc(1, tags={"adapter": adapter})
+                self.engine_metrics.adapter_requests.inc(1, tags={"adapter": adapter})
                 try:
                     await self._get_adapter(adapter)
                 except AdapterError as exc:
@@ -708,15 +819,11 @@ class LLMServer:
             except EngineRequestError as exc:
                 yield {"error": {"status": exc.status, "message": exc.message, "param": exc.param}}
         finally:
+            self.admission.leave()
             self._ongoing -= 1
-            self.metrics.set_depth(getattr(self.engine, "waiting", 0), self._ongoing)
-
-
-def merge_chunks(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """One chunk standing for ``a`` then ``b``: text concatenated, the rest from the later one."""
-    if b.get("error"):
-        return b
-    return {**b, "text": a["text"] + b["text"]}
+            self.engine_metrics.set_depth(
+                getattr(self.engine, "waiting", 0) + self.admission.waiting, self._ongoing
+            )
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -728,6 +835,6 @@ def compose_app(
     cfg: ServeAppConfig, *, engine_factory: str | None = None, engine_options: dict[str, Any] | None = None
 ) -> serve.Application:
     """``build_app`` with an engine override, for benchmarks that must isolate the serving layer."""
-    data = cfg.to_dict()
-    llm = LLMServer.options(**llm_deployment_options(cfg)).bind(data, engine_factory, engine_options)
-    return Router.options(**router_deployment_options(cfg)).bind(data, llm)
+    return LLMServer.options(**llm_deployment_options(cfg)).bind(
+        cfg.to_dict(), engine_factory, engine_options
+    )

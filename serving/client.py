@@ -4,6 +4,11 @@ The backend used to call a paid LLM API through an object with ``invoke(prompt) 
 :class:`CustomMedicalLLM` keeps that shape, so swapping providers is a one-line change, and adds
 :meth:`CustomMedicalLLM.assess` for the structured assessment API. Only httpx is needed.
 
+Requests for an adapter carry Ray Serve's ``serve_multiplexed_model_id`` header, so the proxy
+sends them straight to a replica that already holds the adapter (the ``model`` field is in the
+body, which the proxy does not read; without the header the receiving replica forwards the
+request, one extra hop). Base-model requests carry none: they go to the least loaded replica.
+
 Retries cover what is safe to retry: connection failures, 429/502/503/504 (honouring
 ``Retry-After``, capped), with exponential backoff. 4xx answers are the caller's bug and are
 raised at once with the server's message.
@@ -19,6 +24,8 @@ from typing import Any
 import httpx
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MULTIPLEXED_MODEL_HEADER = "serve_multiplexed_model_id"
+"""Ray Serve's HTTP header naming the multiplexed model (here: the adapter) a request is for."""
 
 
 class MedicalLLMError(RuntimeError):
@@ -44,12 +51,15 @@ class CustomMedicalLLM:
         temperature: float = 0.2,
         backoff: float = 0.5,
         max_retry_after: float = 10.0,
+        base_model_name: str = "base",
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = (base_url or os.environ.get("HEALTHNAV_BASE_URL", "http://127.0.0.1:8000")).rstrip(
             "/"
         )
-        self.model = model or os.environ.get("HEALTHNAV_MODEL", "base")
+        self.model = model or os.environ.get("HEALTHNAV_MODEL", base_model_name)
+        self.base_model_name = base_model_name
+        """The server's name for its base model (ModelServe ``spec.modelName``); other names are adapters."""
         self.retries = retries
         self.max_tokens, self.temperature = max_tokens, temperature
         self.backoff, self.max_retry_after = backoff, max_retry_after
@@ -94,7 +104,7 @@ class CustomMedicalLLM:
         last: str = ""
         for attempt in range(self.retries + 1):
             try:
-                resp = self._http.post(path, json=body)
+                resp = self._http.post(path, json=body, headers=self._routing_headers(body))
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 status = None
@@ -110,6 +120,12 @@ class CustomMedicalLLM:
             if attempt < self.retries:
                 time.sleep(delay)
         raise MedicalLLMError(f"{path}: failed after {self.retries + 1} attempts: {last}", status)
+
+    def _routing_headers(self, body: dict[str, Any]) -> dict[str, str]:
+        model = str(body.get("model") or "")
+        if not model or model == self.base_model_name:
+            return {}
+        return {MULTIPLEXED_MODEL_HEADER: model}
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         if retry_after and retry_after.strip().isdigit():

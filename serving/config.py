@@ -26,9 +26,12 @@ SERVE_ENV: dict[str, str] = {
 Ray's throughput-optimised mode runs user code and the handle router on the replica's own
 event loop instead of hopping threads, buffers request-path logs and talks to replicas over
 gRPC; on 2 busy cores it cut the layer's added p50 from about 15-18 ms to about 12 ms and the
-single-stream latency by half (``bench/serving_latency.py``). Its "direct ingress" part is
-turned off: it removes the proxy and binds each ingress replica to the HTTP port, which
-clashes with several Router replicas on one node and with the RayService's Serve Service.
+single-stream latency by half (``bench/serving_latency.py``; serving HTTP from the engine
+replicas, one hop, then took it to about 8 ms). Its "direct ingress" part is turned off:
+in Ray 2.60 it runs the HTTP proxy on the head node only and gives each ingress replica its own
+port (30000-31000) for an external load balancer that reads Serve's target groups (Anyscale's,
+or Ray's HAProxy mode). KubeRay's Serve Service targets port 8000 on the pods and knows nothing
+of those ports, so every request would funnel through the head's single proxy instead.
 
 Here (pydantic only, no Ray) so both users read one definition: ``hnav serve`` sets these in
 its own environment before starting Ray, and the ModelServe operator puts them on the

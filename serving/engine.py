@@ -157,14 +157,22 @@ def incremental_token_texts(decode: Any, ids: list[int], window: int = 8) -> lis
 
     Decoding a token alone loses context (SentencePiece drops a leading space at the start of a
     decode; byte-level pieces of one character split across tokens), so each token's text is
-    ``decode(prev + [tok])`` minus ``decode(prev)`` over a short window of predecessors.
+    ``decode(prev + [tok])`` minus ``decode(prev)`` over a short window of predecessors. A token
+    that ends inside a multi-byte character (its decode ends in U+FFFD) adds nothing yet; the
+    token that completes the character adds all of it, as vLLM's detokenizer holds such bytes
+    back. So the texts join to the decoded sequence and their running lengths are true offsets.
     """
     out: list[str] = []
+    pending = 0  # the first token whose text is not handed out yet
     for i in range(len(ids)):
-        start = max(0, i - window)
-        before = decode(ids[start:i]) if i > start else ""
-        after = decode(ids[start : i + 1])
-        out.append(after[len(before) :])
+        start = max(0, pending - window)
+        before = decode(ids[start:pending]) if pending > start else ""
+        piece = decode(ids[start : i + 1])[len(before) :]
+        if piece.endswith("\ufffd") and i < len(ids) - 1:
+            out.append("")
+            continue
+        out.append(piece)
+        pending = i + 1
     return out
 
 

@@ -16,8 +16,8 @@ TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2, 5, 10
 TPS_BUCKETS = [1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 3200]
 
 
-class RouterMetrics:
-    """Request-level metrics recorded by the HTTP ingress (one per router replica)."""
+class RequestMetrics:
+    """Request-level metrics recorded where HTTP is answered (each ``LLMServer`` replica)."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
@@ -74,7 +74,7 @@ class RouterMetrics:
 
 
 class EngineMetrics:
-    """Replica-level metrics recorded by the engine deployment."""
+    """Engine-level metrics of a replica: queue depth, ongoing generations, adapter use and loads."""
 
     def __init__(self) -> None:
         from ray.serve import metrics

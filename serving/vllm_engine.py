@@ -1,11 +1,12 @@
-"""The production engine: vLLM's asynchronous engine with multi-LoRA (GPU only).
+"""The production engine: vLLM's asynchronous engine with multi-LoRA (on GPUs).
 
 vLLM batches concurrent requests continuously and applies a different LoRA adapter to each
 request in the same batch (``LoRARequest``), which is what makes one GPU serve the base model
 and several fine-tunes at once. ``max_loras`` bounds adapters resident on the GPU; vLLM keeps
-more in CPU memory and swaps them itself, so "unloading" here only forgets our id mapping.
+more in CPU memory and swaps them itself; unloading an adapter here also removes it from vLLM.
 
-vLLM is imported lazily: it needs CUDA and is not installed in CPU images or test runs.
+vLLM is imported lazily: it is not in the CPU images or the project's virtualenv (its wheels pin
+their own torch). The CPU build of vLLM runs this engine in tests: ``make test-vllm``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,20 @@ def vllm_token_scores(decode: Any, token_ids: list[int], entries: list[Any] | No
     return TokenScores(texts, values, tops)
 
 
+def drop_after(scores: TokenScores, text_len: int) -> TokenScores:
+    """The tokens that start inside the returned text, as the transformers engine reports them.
+
+    vLLM's ``token_ids`` (and their log-probabilities) include the tokens that made a stop
+    string and the EOS token, though its text stops before them.
+    """
+    keep, offset = 0, 0
+    for tok in scores.tokens:
+        if offset >= text_len:
+            break
+        keep, offset = keep + 1, offset + len(tok)
+    return TokenScores(scores.tokens[:keep], scores.logprobs[:keep], scores.top[:keep])
+
+
 class VLLMEngine:
     """Wraps ``vllm.AsyncLLMEngine``; streams deltas of vLLM's cumulative outputs."""
 
@@ -111,12 +126,23 @@ class VLLMEngine:
         self._tokenizer: Any = None
 
     async def add_adapter(self, name: str, path: Path) -> None:
+        """Load an adapter into vLLM; only one that loaded is servable.
+
+        vLLM validates an adapter (rank, target modules, weights) when it loads it: a failure
+        here raises and leaves the engine healthy, whereas a request naming an adapter that
+        cannot load fails inside the engine's step and kills the engine (and every request on
+        the replica). So the name is recorded only after ``add_lora`` succeeded. vLLM keys
+        adapters by id and skips one it holds, so a name loaded again from another path gets a new
+        id (else the old weights would keep serving).
+        """
         from vllm.lora.request import LoRARequest
 
-        if name not in self._lora_ids:
-            self._lora_ids[name] = next(self._next_id)
-            self._paths[name] = str(path)
-        await self.engine.add_lora(LoRARequest(name, self._lora_ids[name], str(path)))
+        known = self._lora_ids.get(name)
+        lora_id = known if known is not None and self._paths.get(name) == str(path) else next(self._next_id)
+        await self.engine.add_lora(LoRARequest(name, lora_id, str(path)))
+        self._lora_ids[name], self._paths[name] = lora_id, str(path)
+        if known is not None and known != lora_id:
+            await self.engine.remove_lora(known)
 
     async def remove_adapter(self, name: str) -> None:
         lora_id = self._lora_ids.pop(name, None)
@@ -149,14 +175,21 @@ class VLLMEngine:
         ids = await self._encode(prompt)
         prompt_tokens = len(ids)
         check_context(prompt_tokens, sampling.max_tokens, self.max_model_len)
+        score_only = sampling.max_tokens == 0
+        if score_only and prompt_tokens >= self.max_model_len:  # vLLM scores while generating one token
+            raise EngineRequestError(
+                f"the prompt has {prompt_tokens} tokens; scoring it (echo with max_tokens=0) needs room "
+                f"for one more in the model's context of {self.max_model_len} tokens. Shorten the prompt.",
+                param="prompt",
+            )
         # a TokensPrompt: the prompt is tokenized once (here, to check the context) and not again
         params = SamplingParams(**sampling_kwargs(sampling))
         emitted = ""
         finished = False
-        score_only = sampling.max_tokens == 0
+        engine_prompt = {"prompt_token_ids": ids, "prompt": prompt}
+        outputs = self.engine.generate(engine_prompt, params, request_id, lora_request=lora)
         try:
-            engine_prompt = {"prompt_token_ids": ids, "prompt": prompt}
-            async for out in self.engine.generate(engine_prompt, params, request_id, lora_request=lora):
+            async for out in outputs:
                 completion = out.outputs[0]
                 finished = bool(out.finished)
                 if score_only:
@@ -169,8 +202,14 @@ class VLLMEngine:
                     scores = self._logprobs(out, sampling) if finished else None
                     yield Chunk(delta, reason, prompt_tokens, len(completion.token_ids), logprobs=scores)
         finally:
+            # closing vLLM's stream aborts its request at once (not when the stream is collected)
+            await outputs.aclose()
             if not finished:  # the client disconnected: stop spending GPU time on it
                 await self.engine.abort(request_id)
+
+    def shutdown(self) -> None:
+        """Stop vLLM's engine-core and worker processes now, not when the engine is collected."""
+        self.engine.shutdown()
 
     def _logprobs(self, out: Any, sampling: Sampling) -> dict[str, Any] | None:
         """OpenAI ``logprobs`` from a finished vLLM ``RequestOutput`` (None when not requested)."""
@@ -187,6 +226,6 @@ class VLLMEngine:
             ids, entries = [], []
         else:
             ids, entries = list(completion.token_ids), completion.logprobs
-        scores = vllm_token_scores(decode, ids, entries)
+        scores = drop_after(vllm_token_scores(decode, ids, entries), len(completion.text))
         offset = len(decode(prompt_ids)) if sampling.echo else 0
         return openai_logprobs(prompt, scores, completion_offset=offset, top_n=sampling.logprobs)

@@ -20,12 +20,29 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _vllm_missing() -> str | None:
+    """Why vLLM cannot run here, or None when it imports (its CUDA build, or the CPU build)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed here; `make test-vllm` runs these with its CPU build (.venv-vllm)"
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # e.g. a CUDA build without a GPU, or a torch it was not built for
+        return f"vLLM is installed but does not import: {type(exc).__name__}: {exc}"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if any(item.get_closest_marker("gpu") for item in items) and not _cuda_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine); runs where one exists")
         for item in items:
             if item.get_closest_marker("gpu"):
                 item.add_marker(skip)
+    if any(item.get_closest_marker("vllm") for item in items) and (reason := _vllm_missing()):
+        for item in items:
+            if item.get_closest_marker("vllm"):
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

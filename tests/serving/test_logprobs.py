@@ -127,6 +127,22 @@ def test_logprob_response_shape_is_openai_legacy() -> None:
     }
 
 
+def test_a_character_split_across_tokens_belongs_to_the_token_that_completes_it(tiny_model: Path) -> None:
+    """Byte-level tokens can end inside a UTF-8 character: offsets must still index the real text."""
+    from transformers import AutoTokenizer
+
+    from healthnav.serving.engine import incremental_token_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    text = "Fever 38.5°C, 10 µg/kg — naïve 日本"
+    ids = tokenizer(text)["input_ids"]
+    pieces = incremental_token_texts(lambda x: tokenizer.decode(x, skip_special_tokens=True), ids)
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert "" in pieces[1:]  # some tokens held a partial character (the tokenizer never saw these)
+    degree = pieces.index("°")
+    assert len("".join(pieces[:degree])) == text.index("°")
+
+
 def test_vllm_prompt_logprobs_map_onto_the_same_shape() -> None:
     from healthnav.serving.vllm_engine import sampling_kwargs, vllm_token_scores
 

@@ -252,6 +252,26 @@ def test_adapter_uploaded_to_s3_later_becomes_servable_without_restart(served: S
     assert _greedy(served, name) == _greedy(served, "triage")
 
 
+def test_an_adapter_the_engine_cannot_load_is_a_502_naming_it_and_the_replica_lives_on(
+    served: Served, tmp_path: Path
+) -> None:
+    import shutil
+
+    from healthnav.datapipe.storage import upload_dir
+
+    broken = tmp_path / "broken"
+    shutil.copytree(served.adapter_dir, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    name = f"broken-{uuid.uuid4().hex[:6]}"
+    upload_dir(broken, f"{served.prefix}{name}/adapter/", last=("adapter_config.json",))
+
+    resp = served.post("/v1/completions", {"model": name, "prompt": "hello", "max_tokens": 4})
+    assert resp.status_code == 502, resp.text
+    err = resp.json()["error"]
+    assert name in err["message"] and err["param"] == "model"
+    assert _greedy(served, "triage") and _greedy(served, "tiny")  # the replica still serves
+
+
 # --- assessments -----------------------------------------------------------------------------------
 
 
@@ -368,19 +388,27 @@ def test_malformed_and_oversized_bodies(served: Served) -> None:
 
 
 def test_overload_answers_503_with_retry_after(served: Served) -> None:
-    async def burst() -> list[httpx.Response]:
+    emergency = {"symptoms": "crushing chest pain spreading to my left arm, sweating", "age": 58}
+
+    async def burst() -> tuple[list[httpx.Response], list[httpx.Response]]:
         async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {KEY}"}) as client:
             body = {"model": "tiny", "prompt": "Describe triage.", "max_tokens": MAX_TOKENS, "temperature": 0}
-            return await asyncio.gather(
-                *(client.post(f"{served.url}/v1/completions", json=body) for _ in range(24))
-            )
+            completions = [client.post(f"{served.url}/v1/completions", json=body) for _ in range(24)]
+            assessments = [client.post(f"{served.url}/v1/assessments", json=emergency) for _ in range(4)]
+            responses = await asyncio.gather(*completions, *assessments)
+            return responses[:24], responses[24:]
 
-    responses = asyncio.run(burst())
+    responses, assessed = asyncio.run(burst())
     codes = sorted(r.status_code for r in responses)
     assert set(codes) <= {200, 503}, codes
     assert 200 in codes and 503 in codes, codes
     rejected = next(r for r in responses if r.status_code == 503)
     assert int(rejected.headers["retry-after"]) > 0
+    assert rejected.json()["error"]["code"] == "overloaded"  # OpenAI's error shape, not the proxy's text
+    # An emergency is still told to get help while the model is saturated.
+    assert all(r.status_code == 200 and r.json()["risk_level"] == "emergency" for r in assessed), [
+        (r.status_code, r.text[:200]) for r in assessed
+    ]
 
 
 def test_client_invoke_and_assess(served: Served) -> None:

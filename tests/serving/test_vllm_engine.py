@@ -1,12 +1,12 @@
 """VLLMEngine's own logic (deltas, adapters, aborts, tokenizing once) against a stand-in for vLLM.
 
-vLLM needs a CUDA GPU and its wheel pins a torch build of its own, so it cannot run here. The
-stand-in below is a mock, and only of what cannot run: it mirrors the vLLM 0.33 API that
+vLLM's wheels pin a torch build of their own, so vLLM is not in the project's virtualenv. The
+stand-in below is a mock, and only of what cannot run there: it mirrors the vLLM 0.33 API that
 ``healthnav.serving.vllm_engine`` calls (``AsyncLLM.generate(prompt, params, request_id, *,
 lora_request)`` yielding cumulative ``RequestOutput``s, a synchronous ``get_tokenizer()``,
 ``abort``, ``add_lora``/``remove_lora``, and ``AsyncEngineArgs``/``SamplingParams`` with vLLM's
 field names, so a misspelt argument fails here as it would there). The real engine runs in
-``test_serving_units.py::test_vllm_engine_generates_with_a_lora_adapter`` where vLLM is installed.
+``test_vllm_real.py`` wherever vLLM imports: a GPU image, or the CPU build (``make test-vllm``).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class FakeAsyncLLM:
         self.loras: list[LoRARequest | None] = []
         self.aborted: list[str] = []
         self.added: list[LoRARequest] = []
+        self.removed: list[int] = []
 
     @classmethod
     def from_engine_args(cls, args: AsyncEngineArgs) -> FakeAsyncLLM:
@@ -90,10 +91,13 @@ class FakeAsyncLLM:
         return WordTokenizer()
 
     async def add_lora(self, request: LoRARequest) -> bool:
+        if "rank64" in request.lora_path:  # what vLLM raises for an adapter it cannot load
+            raise Exception("Call to add_lora method failed: LoRA rank 64 is greater than max_lora_rank 16.")
         self.added.append(request)
         return True
 
     async def remove_lora(self, lora_id: int) -> bool:
+        self.removed.append(lora_id)
         return True
 
     async def abort(self, request_id: str) -> None:
@@ -182,6 +186,42 @@ def test_adapter_requests_carry_their_lora_and_unknown_adapters_are_rejected(
     assert len(engine.engine.prompts) == 1  # the unknown adapter never reached the engine
 
 
+def test_an_adapter_vllm_cannot_load_is_not_servable(vllm: Any, tmp_path: Path) -> None:
+    """A request naming an adapter that failed to load would kill vLLM's engine core."""
+    engine = make_engine(tmp_path)
+
+    async def run() -> None:
+        with pytest.raises(Exception, match="greater than max_lora_rank"):
+            await engine.add_adapter("big", tmp_path / "rank64")
+        with pytest.raises(EngineRequestError, match="not loaded"):
+            await collect(engine, "Rash.", adapter="big")
+        await engine.add_adapter("triage", tmp_path / "triage")
+
+    asyncio.run(run())
+    assert engine.engine.prompts == []
+    assert [lora.lora_name for lora in engine.engine.added] == ["triage"]
+
+
+def test_an_adapter_loaded_again_from_another_path_gets_a_new_id(vllm: Any, tmp_path: Path) -> None:
+    """vLLM skips an add_lora for an id it holds: new weights under an old id would never load."""
+    engine = make_engine(tmp_path)
+
+    async def run() -> None:
+        await engine.add_adapter("triage", tmp_path / "v1")
+        await engine.add_adapter("triage", tmp_path / "v1")
+        await engine.add_adapter("triage", tmp_path / "v2")
+        await collect(engine, "Rash.", adapter="triage")
+
+    asyncio.run(run())
+    assert [(r.lora_int_id, Path(r.lora_path).name) for r in engine.engine.added] == [
+        (1, "v1"),
+        (1, "v1"),
+        (2, "v2"),
+    ]
+    assert engine.engine.removed == [1]
+    assert engine.engine.loras[0].lora_int_id == 2
+
+
 def test_a_client_that_goes_away_aborts_the_request(vllm: Any, tmp_path: Path) -> None:
     engine = make_engine(tmp_path)
 
@@ -200,3 +240,18 @@ def test_a_prompt_longer_than_the_context_is_a_400_before_the_gpu_sees_it(vllm: 
         asyncio.run(collect(engine, "word " * 120, max_tokens=64))
     assert err.value.status == 400
     assert engine.engine.prompts == []
+
+
+def test_scoring_a_prompt_that_fills_the_context_is_a_400(vllm: Any, tmp_path: Path) -> None:
+    """vLLM scores a prompt while generating one token, and refuses a prompt with no room for it."""
+    engine = make_engine(tmp_path, max_model_len=128)
+    score = Sampling(max_tokens=0, logprobs=0, echo=True)
+
+    async def run(words: int) -> list[Any]:
+        return [c async for c in engine.generate("word " * words, score, adapter=None, request_id="s")]
+
+    with pytest.raises(EngineRequestError, match="needs room for one more") as err:
+        asyncio.run(run(128))
+    assert err.value.status == 400 and err.value.param == "prompt"
+    assert engine.engine.prompts == []
+    assert asyncio.run(run(127))[-1].finish_reason == "length"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -470,12 +471,15 @@ class EchoEngine:
     """A zero-cost engine for load tests and benchmarks: isolates the serving layer's own overhead.
 
     It emits ``max_tokens`` one-word chunks, optionally ``token_delay_s`` apart, so latency and
-    throughput measured through HTTP are the router, Ray Serve and SSE, not a model.
+    throughput measured through HTTP are the serving layer, Ray Serve and SSE, not a model. With
+    ``identify`` the first chunk is ``"<pid>:<adapter> "`` instead, so a test can see which
+    replica process generated a request (adapter affinity).
     """
 
-    def __init__(self, config: ServeAppConfig, token_delay_s: float = 0.0) -> None:
+    def __init__(self, config: ServeAppConfig, token_delay_s: float = 0.0, identify: bool = False) -> None:
         self.max_model_len = config.engine_args.max_model_len
         self.token_delay_s = token_delay_s
+        self.identify = identify
 
     async def add_adapter(self, name: str, path: Path) -> None:
         return None
@@ -497,7 +501,8 @@ class EchoEngine:
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
             last = i == sampling.max_tokens
-            yield Chunk("ok ", "length" if last else None, prompt_tokens, i)
+            text = f"{os.getpid()}:{adapter or '-'} " if self.identify and i == 1 else "ok "
+            yield Chunk(text, "length" if last else None, prompt_tokens, i)
 
 
 def make_engine(

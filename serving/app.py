@@ -5,7 +5,7 @@ rendering, limits, red flags and SSE run in the process that generates, so a req
 Ray hop (proxy → replica) instead of two. An earlier design put a CPU-only FastAPI ``Router`` in
 front of the engine deployment: its handle call to the engine cost several times what the
 router's own work did (about 0.3 ms a request), and dropping it took the layer's added p50 from
-12.0 to 7.7 ms on 2 cores (``bench/serving_latency.py``). It is the shape of vLLM's own OpenAI
+12.0 to about 8 ms on 2 cores (``bench/serving_latency.py``). It is the shape of vLLM's own OpenAI
 server (API and ``AsyncLLM`` in one process), with Ray Serve adding replicas, autoscaling,
 multiplexing and the proxy's load balancing.
 

@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -215,12 +214,6 @@ async def autoscaling_run(url: str, app: str, load_s: float, settle_s: float) ->
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and shorter phases")
@@ -232,17 +225,13 @@ def main() -> None:
     level_s = 4.0 if args.quick else 8.0
 
     os.environ["HEALTHNAV_BENCH_KEYS"] = KEY
-    import ray
     from ray import serve
 
-    from healthnav.serving.app import SERVE_ENV, compose_app
+    from healthnav.serving.app import compose_app
+    from healthnav.serving.config import SERVE_ENV
+    from healthnav.serving.local import local_serve
 
     serve_env = {} if args.ray_defaults else SERVE_ENV
-    for key, value in serve_env.items():  # before ray.init: Serve's processes inherit them
-        os.environ.setdefault(key, value)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {
         "benchmark": "serving_latency",
         "engine": "EchoEngine (zero-cost; isolates the serving layer)",
@@ -253,13 +242,10 @@ def main() -> None:
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "max_tokens": MAX_TOKENS,
-        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
     }
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = compose_app(config(), engine_factory=FACTORY)
-        serve.run(app, name="bench", route_prefix="/", blocking=False)
-
+    app = compose_app(config(), engine_factory=FACTORY)
+    with local_serve(app, name="bench", serve_env=serve_env) as url:
+        result["ray_serve_env"] = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
         direct = asyncio.run(direct_latency(n))
         http = asyncio.run(http_latency(url, n))
         d, h = summary_ms(direct), summary_ms(http)
@@ -299,9 +285,6 @@ def main() -> None:
         load_s, settle_s = (20.0, 25.0) if args.quick else (40.0, 40.0)
         result["autoscaling"] = asyncio.run(autoscaling_run(url, "scale", load_s, settle_s))
         print(json.dumps({k: v for k, v in result["autoscaling"].items() if k != "timeline"}), flush=True)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

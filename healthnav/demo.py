@@ -299,24 +299,10 @@ def _metric_cell(values: dict[str, Any], key: str) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else "-"
 
 
-def _stop_ray() -> None:
-    """Stop Serve and Ray if they run (calling serve.shutdown() without Ray would start one)."""
-    import ray
-    from ray import serve
-
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
-
-
 def serve_and_assess(ctx: DemoContext, notes: list[str]) -> None:
-    import ray
-    from ray import serve
-
-    from healthnav.devenv.processes import free_port
     from healthnav.serving.app import build_app
-    from healthnav.serving.client import CustomMedicalLLM
     from healthnav.serving.config import AdapterRef, AutoscalingSpec, ServeAppConfig
+    from healthnav.serving.local import local_serve
 
     cfg = ServeAppConfig(
         base_model=base_model_uri(ctx),
@@ -327,12 +313,13 @@ def serve_and_assess(ctx: DemoContext, notes: list[str]) -> None:
         api_keys_env=None,
         adapter_cache_dir=str(ctx.root / "adapter-cache"),
     )
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ctx.s3_env})
-    ctx.cleanups.append(_stop_ray)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(cfg.to_dict()), name="healthnav", route_prefix="/", blocking=False)
-    base_url = f"http://127.0.0.1:{port}"
+    with local_serve(build_app(cfg.to_dict()), env_vars=ctx.s3_env) as base_url:
+        assess_cases(ctx, base_url, notes)
+
+
+def assess_cases(ctx: DemoContext, base_url: str, notes: list[str]) -> None:
+    from healthnav.serving.client import CustomMedicalLLM
+
     console.print(f"Ray Serve on {base_url}/v1 (OpenAI-compatible) — models: base, triage-v1")
     cases = {
         "routine": {"symptoms": "runny nose, mild sore throat and sneezing", "age": 34, "duration": "3 days"},
@@ -351,7 +338,6 @@ def serve_and_assess(ctx: DemoContext, notes: list[str]) -> None:
             console.print_json(data={**shown, "latency_ms": answer.get("latency_ms")})
             notes.append(f"{label}: {answer.get('risk_level')}")
     ctx.artifacts["serving endpoint (while the demo ran)"] = f"{base_url}/v1"
-    _stop_ray()
 
 
 def kubectl(ctx: DemoContext, kubeconfig: Path, *args: str, check: bool = True) -> str:

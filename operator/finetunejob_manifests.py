@@ -25,6 +25,7 @@ import yaml
 
 from healthnav.operator.finetunejob_spec import API_VERSION, KIND, FineTuneJobSpec
 from healthnav.operator.objectmeta import controller_reference, owned_metadata, recommended_labels
+from healthnav.operator.podsecurity import container_security_context, pod_security_context
 from healthnav.operator.settings import OperatorSettings
 from healthnav.trainer.config import EXIT_CONFIG_ERROR, ProgressTarget, TrainerConfig
 
@@ -305,13 +306,7 @@ def job(ftj: dict[str, Any], spec: FineTuneJobSpec, settings: OperatorSettings) 
         "command": ["hnav", "train", "--config", CONFIG_PATH],
         "env": _env(settings, namespace, name),
         "resources": {"requests": quantities, "limits": limits},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(read_only_root=True),
         # The trainer writes a one-line reason to /dev/termination-log; if it crashes before
         # that, the tail of its log becomes the message the operator reports.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -334,13 +329,7 @@ def job(ftj: dict[str, Any], spec: FineTuneJobSpec, settings: OperatorSettings) 
         "enableServiceLinks": False,
         # Time for the trainer to write a checkpoint on SIGTERM (preemption, suspend).
         "terminationGracePeriodSeconds": 120,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_user,
-            "fsGroup": settings.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(settings),
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": names.config_map}},

@@ -33,6 +33,7 @@ import yaml
 from healthnav.operator.finetunejob_manifests import merge_affinity, merge_node_selector, merge_tolerations
 from healthnav.operator.modelserve_spec import API_VERSION, KIND, MAX_NAME_LENGTH, ModelServeSpec
 from healthnav.operator.objectmeta import controller_reference, owned_metadata, recommended_labels
+from healthnav.operator.podsecurity import container_security_context, pod_security_context
 from healthnav.operator.settings import OperatorSettings
 from healthnav.serving.config import IMPORT_PATH, SERVE_ENV, AdapterRef, ServeAppConfig
 
@@ -171,13 +172,6 @@ def _env_from(spec: ModelServeSpec) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": ref.name}}] if ref else []
 
 
-_CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
 def _container(
     name: str,
     image_ref: str,
@@ -193,7 +187,7 @@ def _container(
         "imagePullPolicy": settings.image_pull_policy,
         "env": env,
         "resources": {"requests": requests, "limits": limits},
-        "securityContext": dict(_CONTAINER_SECURITY),
+        "securityContext": container_security_context(read_only_root=False),
     }
     if env_from:
         container["envFrom"] = env_from
@@ -206,13 +200,7 @@ def _pod_spec(
     spec: dict[str, Any] = {
         "serviceAccountName": sa,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_user,
-            "fsGroup": settings.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(settings),
         "containers": containers,
     }
     if volumes:

@@ -47,30 +47,26 @@ def serve_command(
         raise typer.Exit(2)
     cfg = load_config(config)
 
-    import os
-
-    import ray
-    from ray import serve
+    import signal
+    import time
 
     from healthnav.serving.app import build_app
-    from healthnav.serving.config import SERVE_ENV
+    from healthnav.serving.local import local_serve
 
-    for key, value in SERVE_ENV.items():  # before Ray starts: its workers inherit the environment
-        os.environ.setdefault(key, value)
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(cfg.to_dict()), name="healthnav", route_prefix="/", blocking=False)
-    typer.echo(f"serving {cfg.model_name!r} ({cfg.engine}) on http://{host}:{port}/v1 (Ctrl-C stops)")
-    try:
-        import time
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (kubectl delete, docker stop) shuts Serve down like Ctrl-C
 
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    signal.signal(signal.SIGTERM, stop)
+
+    with local_serve(
+        build_app(cfg.to_dict()), host=host, port=port, num_cpus=num_cpus, log_to_driver=True
+    ) as url:
+        typer.echo(f"serving {cfg.model_name!r} ({cfg.engine}) on {url}/v1 (Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command("redflags")

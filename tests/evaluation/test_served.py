@@ -10,7 +10,6 @@ per-option log-likelihoods, not just the accuracies, must agree.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,19 +23,11 @@ pytestmark = pytest.mark.slow
 COMPARED = QUALITY_METRICS  # every quality metric must agree between served and in-process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def endpoint(tiny_model: Path, trained_adapter: Path) -> Iterator[str]:
-    import ray
-    from ray import serve
-
     from healthnav.serving.app import build_app
     from healthnav.serving.config import ServeAppConfig
+    from healthnav.serving.local import local_serve
 
     cfg = ServeAppConfig.model_validate(
         {
@@ -50,15 +41,8 @@ def endpoint(tiny_model: Path, trained_adapter: Path) -> Iterator[str]:
             "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
         }
     )
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(cfg.to_dict()), name="healthnav", route_prefix="/", blocking=False)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve(build_app(cfg.to_dict())) as url:
+        yield url
 
 
 def _rows(out: Path, model: str) -> dict[str, dict]:

@@ -10,7 +10,6 @@ over both replicas and each would load (and evict) it in turn.
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,18 +22,10 @@ from healthnav.serving.config import ServeAppConfig
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def url(tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import ray
-    from ray import serve
-
     from healthnav.serving.app import compose_app
+    from healthnav.serving.local import local_serve
 
     root = tmp_path_factory.mktemp("affinity")
     adapters = []
@@ -55,18 +46,11 @@ def url(tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "autoscaling": {"minReplicas": 2, "maxReplicas": 2},
         }
     )
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = compose_app(
-            cfg, engine_factory="healthnav.serving.engine:EchoEngine", engine_options={"identify": True}
-        )
-        serve.run(app, name="affinity", route_prefix="/", blocking=False)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    app = compose_app(
+        cfg, engine_factory="healthnav.serving.engine:EchoEngine", engine_options={"identify": True}
+    )
+    with local_serve(app, name="affinity") as url:
+        yield url
 
 
 def generated_by(url: str, model: str, headers: dict[str, str] | None = None) -> tuple[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from healthnav.devenv.processes import free_port
 from healthnav.serving.config import ServeAppConfig
 
 KEYS_ENV = "HEALTHNAV_TEST_SERVE_KEYS"
@@ -41,20 +41,12 @@ class Served:
         return httpx.post(f"{self.url}{path}", json=body, headers=headers, timeout=60, **kw)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(
     s3, tiny_model: Path, tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    import ray
-    from ray import serve
-
     from healthnav.serving.app import build_app
+    from healthnav.serving.local import local_serve
 
     bucket = s3.create_bucket(f"serving-{uuid.uuid4().hex[:8]}")
     prefix = f"s3://{bucket}/finetunes/team-a/"
@@ -81,15 +73,10 @@ def served(
             },
         }
     )
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(cfg.to_dict()), name="healthnav", route_prefix="/", blocking=False)
-        yield Served(f"http://127.0.0.1:{port}", bucket, prefix, tiny_adapter)
+        with local_serve(build_app(cfg.to_dict())) as url:
+            yield Served(url, bucket, prefix, tiny_adapter)
     finally:
-        serve.shutdown()
-        ray.shutdown()
         os.environ.pop(KEYS_ENV, None)
 
 
@@ -435,7 +422,7 @@ def test_client_retries_then_fails_clearly_when_the_server_is_down() -> None:
 
     with (
         CustomMedicalLLM(
-            base_url=f"http://127.0.0.1:{_free_port()}", timeout=2, retries=2, backoff=0.01
+            base_url=f"http://127.0.0.1:{free_port()}", timeout=2, retries=2, backoff=0.01
         ) as llm,
         pytest.raises(MedicalLLMError, match="after 3 attempts") as err,
     ):

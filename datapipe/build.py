@@ -7,7 +7,7 @@ test record is known (a second pass over the spool, not over the sources). Memor
 indexes, not the input.
 
 Atomicity: shards are written (and hashed) first, ``datacard.md`` next, ``manifest.json``
-last, through :mod:`healthnav.datapipe.storage` whose writes are atomic. For an ``s3://``
+last, through :mod:`healthnav.contracts.storage` whose writes are atomic. For an ``s3://``
 output the dataset is built in a local work directory and staged with the manifest uploaded
 last; readers treat a prefix without a manifest as no dataset at all.
 """
@@ -27,13 +27,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from healthnav.datapipe import storage
-from healthnav.datapipe.dataset import DATACARD_NAME, MANIFEST_NAME, DatasetManifest, ShardInfo
-from healthnav.datapipe.deid import Deidentifier
+from healthnav.contracts import storage
+from healthnav.contracts.dataset import DATACARD_NAME, MANIFEST_NAME, DatasetManifest, ShardInfo
+from healthnav.contracts.errors import ConfigurationError
+from healthnav.contracts.records import SCHEMA_VERSION, TrainingRecord
+from healthnav.contracts.uris import StorageURI
+from healthnav.contracts.validation import validation_problems
+from healthnav.datapipe.deid import Deidentifier, DeidResult, NerUnavailable
+from healthnav.datapipe.deid.lexicon import lexicon_versions
+from healthnav.datapipe.deid.ner import install_hint as ner_install_hint
 from healthnav.datapipe.quality import (
     DEFAULT_DEPLOYABLE_LICENSES,
+    TEMPLATE_INSTRUCTIONS,
     Decontaminator,
     ExactDeduper,
     LengthFilter,
@@ -45,11 +52,11 @@ from healthnav.datapipe.quality import (
     normalize_text,
     word_keys,
 )
-from healthnav.datapipe.readers import READERS, TEMPLATE_INSTRUCTIONS, ReadItem
-from healthnav.datapipe.records import SCHEMA_VERSION, TrainingRecord
+from healthnav.datapipe.readers import reader, reader_formats
+from healthnav.datapipe.readers.common import ReadItem
 
 
-class BuildError(RuntimeError):
+class BuildError(ConfigurationError):
     """The build cannot go on (bad config, error budget exceeded, licence conflict)."""
 
 
@@ -64,19 +71,48 @@ class SourceConfig(_Strict):
     """One input: a reader format, files (globs, relative to the config file) and its licence."""
 
     name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-    format: Literal["instruction", "medqa", "medmcqa", "pubmedqa", "pubmed", "app"]
+    format: str = Field(
+        description="A reader format (healthnav.datapipe.readers): instruction, medqa, app, ..."
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in reader_formats():
+            raise ValueError(f"unknown format {value!r}; known: {', '.join(reader_formats())}")
+        return value
+
     paths: list[str] = Field(min_length=1)
     license: str = Field(min_length=1)
     split: Literal["auto", "train", "test"] = "auto"
     deidentify: bool | None = Field(default=None, description="Default: true for format 'app', else false.")
+    patient_data: bool | None = Field(
+        default=None,
+        description="Carries patient data (default: true for format 'app'): de-identified with the NER "
+        "pass, and the build refuses to run if the NER model cannot load. False: rules only if deidentify.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Reader options (task, fields, cop_base...)."
     )
     limit: int | None = Field(default=None, ge=1)
 
     @property
+    def carries_patient_data(self) -> bool:
+        return reader(self.format).patient_data if self.patient_data is None else self.patient_data
+
+    @property
     def deid_enabled(self) -> bool:
-        return self.format == "app" if self.deidentify is None else self.deidentify
+        if self.deidentify is None:
+            return self.carries_patient_data
+        return self.deidentify
+
+    @model_validator(mode="after")
+    def _patient_data_is_deidentified(self) -> SourceConfig:
+        if self.carries_patient_data and self.deidentify is False:
+            raise ValueError(
+                f"source {self.name}: patient data cannot skip de-identification (deidentify: false)"
+            )
+        return self
 
 
 class LengthConfig(_Strict):
@@ -163,10 +199,7 @@ def load_config(path: str | Path) -> tuple[BuildConfig, Path]:
     try:
         return BuildConfig.model_validate(raw), p.parent.resolve()
     except ValidationError as exc:
-        lines = [f"{p}: invalid build config:"]
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
+        lines = [f"{p}: invalid build config:", *(f"  {x}" for x in validation_problems(exc))]
         raise BuildError("\n".join(lines)) from exc
 
 
@@ -247,6 +280,7 @@ class BuildStats:
     quarantined: int = 0
     quarantine_reasons: Counter[str] = field(default_factory=Counter)
     quarantine_locations: list[str] = field(default_factory=list)
+    deid_provenance: dict[str, Any] = field(default_factory=dict)  # method, NER model and file hashes
     kept: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     licenses: Counter[str] = field(default_factory=Counter)
     shards: list[ShardInfo] = field(default_factory=list)
@@ -271,6 +305,7 @@ class BuildStats:
                 "quarantined": self.quarantined,
                 "quarantine_reasons": dict(self.quarantine_reasons),
                 "quarantine_locations": self.quarantine_locations[:50],
+                "provenance": self.deid_provenance,
             },
             "seconds": round(self.seconds, 3),
             "records_per_second": round(total_read / self.seconds, 1) if self.seconds else None,
@@ -293,11 +328,11 @@ def _expand(paths: list[str], base: Path) -> list[Path]:
 
 def iter_source(src: SourceConfig, base: Path) -> Iterator[ReadItem]:
     """Every item of a source, across its files, honouring ``limit``."""
-    reader = READERS[src.format]
+    read = reader(src.format).read
     n = 0
     for path in _expand(src.paths, base):
         try:
-            items = reader(path, source=src.name, license=src.license, **src.options)
+            items = read(path, source=src.name, license=src.license, **src.options)
         except TypeError as exc:
             raise BuildError(f"source {src.name}: bad reader options {sorted(src.options)}: {exc}") from exc
         except ValueError as exc:
@@ -323,7 +358,31 @@ def deidentify_record(
     :func:`normalize_record` (after the id is derived, as when called separately), in the same
     copy of the record.
     """
-    # every free-text field, scrubbed in one pass (see Deidentifier.scrub_many)
+    return deidentify_records(deid, [(record, known)], normalize=normalize)[0]
+
+
+def deidentify_records(
+    deid: Deidentifier,
+    batch: list[tuple[TrainingRecord, tuple[tuple[str, str], ...]]],
+    *,
+    normalize: bool = False,
+) -> list[tuple[TrainingRecord, Counter[str], list[str]]]:
+    """:func:`deidentify_record` for several records: the NER model sees their texts as one batch."""
+    fields = [_free_text_fields(record) for record, _ in batch]
+    results = deid.scrub_records(
+        [(texts, known) for (_, _, texts), (_, known) in zip(fields, batch, strict=True)]
+    )
+    return [
+        _scrubbed_record(deid, record, f, result, normalize)
+        for (record, _), f, result in zip(batch, fields, results, strict=True)
+    ]
+
+
+_Fields = tuple[list[str], list[tuple[str, int | None]], list[str]]
+
+
+def _free_text_fields(record: TrainingRecord) -> _Fields:
+    """Field names, metadata slots (key, list index) and texts of every free-text field."""
     names = [
         n
         for n in ("instruction", "input", "output")
@@ -339,7 +398,13 @@ def deidentify_record(
             for i, v in enumerate(value):
                 slots.append((key, i))
                 texts.append(v)
-    result = deid.scrub_many(texts, known)
+    return names, slots, texts
+
+
+def _scrubbed_record(
+    deid: Deidentifier, record: TrainingRecord, fields: _Fields, result: DeidResult, normalize: bool
+) -> tuple[TrainingRecord, Counter[str], list[str]]:
+    names, slots, texts = fields
     scrubbed = deid.split_fields(result.text, len(texts)) if result.counts else texts
     updates: dict[str, Any] = dict(zip(names, scrubbed, strict=False))
     meta = dict(record.metadata)
@@ -360,6 +425,75 @@ def deidentify_record(
         for name in ("instruction", "input", "output"):
             updates[name] = normalize_text(updates.get(name, getattr(record, name)))
     return record.model_copy(update=updates), result.counts, risks
+
+
+_Scrubbed = tuple[TrainingRecord, Counter[str], list[str]] | Exception | None
+
+
+def _scrub_stream(
+    items: Iterator[ReadItem], deid: Deidentifier | None, *, normalize: bool, batch: int = 64
+) -> Iterator[tuple[ReadItem, _Scrubbed]]:
+    """Each item with its de-identified record (None: not de-identified; an exception: it failed).
+
+    Records are scrubbed ``batch`` at a time so the NER model runs over batches (about twice
+    as fast per record as one at a time); items come out in input order.
+    """
+    if deid is None:
+        yield from ((item, None) for item in items)
+        return
+    pending: list[ReadItem] = []
+
+    def flush() -> Iterator[tuple[ReadItem, _Scrubbed]]:
+        work = [i for i in pending if i.record is not None]
+        outcomes: list[_Scrubbed]
+        try:
+            outcomes = list(
+                deidentify_records(deid, [(i.record, i.known_identifiers) for i in work], normalize=normalize)  # type: ignore[misc]
+            )
+        except Exception:  # one bad record must not fail the batch: scrub them one by one
+            outcomes = []
+            for i in work:
+                try:
+                    outcomes.append(
+                        deidentify_record(deid, i.record, i.known_identifiers, normalize=normalize)
+                    )  # type: ignore[arg-type]
+                except Exception as exc:
+                    outcomes.append(exc)
+        by_item = dict(zip(map(id, work), outcomes, strict=True))
+        for i in pending:
+            yield i, by_item.get(id(i))
+        pending.clear()
+
+    for item in items:
+        pending.append(item)
+        if len(pending) >= batch:
+            yield from flush()
+    yield from flush()
+
+
+def _deidentifier(config: BuildConfig) -> tuple[Deidentifier, dict[str, Any]]:
+    """The scrubber for this build and its provenance for the manifest.
+
+    Fail closed: a source that carries patient data (``deidentify``, on by default for app
+    exports) needs the NER pass; if the model cannot load, the build stops rather than fall
+    back to rules only, which miss names and places they have never seen.
+    """
+    patient = [s.name for s in config.sources if s.carries_patient_data]
+    if not patient:
+        return Deidentifier(), {"method": "rules"}
+    try:
+        deid = Deidentifier.with_ner()
+    except NerUnavailable as exc:
+        raise BuildError(
+            f"sources {patient} carry patient data, and the NER model for de-identification cannot load: "
+            f"{exc}. A dataset is never built from patient data with rules only; {ner_install_hint()}"
+        ) from exc
+    assert deid.ner is not None
+    return deid, {
+        "method": "rules+ner+context",
+        "ner": deid.ner.provenance.to_dict(),
+        "lexicons": lexicon_versions(),
+    }
 
 
 @dataclass
@@ -408,7 +542,7 @@ def build_dataset(
     out_text = output or config.output
     if "://" not in out_text and not Path(out_text).is_absolute():
         out_text = str((base_dir / out_text).resolve())
-    out_uri = storage.StorageURI.parse(out_text if "://" in out_text else f"file://{out_text}").as_prefix()
+    out_uri = StorageURI.parse(out_text if "://" in out_text else f"file://{out_text}").as_prefix()
     manifest_uri = out_uri.join(MANIFEST_NAME)
     if storage.exists(manifest_uri) and not overwrite:
         raise BuildError(f"{out_uri}: a dataset already exists here (bump the version or pass --overwrite)")
@@ -441,7 +575,7 @@ def build_dataset(
     return BuildResult(uri=str(out_uri), manifest=manifest, stats=stats)
 
 
-def _delete_s3_manifest(uri: storage.StorageURI) -> None:
+def _delete_s3_manifest(uri: StorageURI) -> None:
     storage.s3_client().delete_object(Bucket=uri.bucket, Key=uri.key)
 
 
@@ -450,7 +584,8 @@ def _run(
 ) -> BuildStats:
     budget = _Budget(config.error_budget)
     policy = LicensePolicy(config.deployable, frozenset(config.licenses.allow))
-    deid = Deidentifier()
+    deid, stats.deid_provenance = _deidentifier(config)
+    rules_only = deid if deid.ner is None else Deidentifier()  # for sources without patient data
     length = LengthFilter(config.length.min_chars, config.length.max_chars, config.length.min_output_chars)
     exact = ExactDeduper() if config.dedup.exact else None
     near = (
@@ -478,7 +613,10 @@ def _run(
         with open(spool_path, "wb") as spool:
             for src in config.sources:
                 bar = _progress(f"read {src.name}", progress)
-                for item in iter_source(src, base_dir):
+                scrub_with = (deid if src.carries_patient_data else rules_only) if src.deid_enabled else None
+                for item, scrubbed in _scrub_stream(
+                    iter_source(src, base_dir), scrub_with, normalize=config.normalize
+                ):
                     bar.update()
                     stats.read[src.name] += 1
                     if item.record is None:
@@ -497,13 +635,11 @@ def _run(
                     normalized = False
                     if src.deid_enabled:
                         stats.deid_records += 1
-                        try:
-                            record, counts, risks = deidentify_record(
-                                deid, record, item.known_identifiers, normalize=config.normalize
-                            )
+                        if isinstance(scrubbed, tuple):
+                            record, counts, risks = scrubbed
                             normalized = config.normalize
-                        except Exception as exc:  # fail closed: a record we cannot scrub is not kept
-                            counts, risks = Counter(), [f"error: {type(exc).__name__}"]
+                        else:  # fail closed: a record we cannot scrub is not kept
+                            counts, risks = Counter(), [f"error: {type(scrubbed).__name__}"]
                         if counts:
                             stats.deid_records_changed += 1
                             stats.deid_replacements.update(counts)
@@ -622,11 +758,12 @@ def render_datacard(manifest: DatasetManifest) -> str:
     by_source = manifest.counts.get("by_source", {})
     for src in manifest.config.get("sources", []):
         c = by_source.get(src["name"], {})
-        deid_on = src.get("deidentify") if src.get("deidentify") is not None else src["format"] == "app"
+        source = SourceConfig.model_validate(src)
+        deid_on = "yes (rules + NER)" if source.carries_patient_data else "yes (rules)"
         lines.append(
             f"| {src['name']} | {src['format']} | {src['license']} "
             f"| {c.get('train', 0)} | {c.get('test', 0)} "
-            f"| {'yes' if deid_on else 'no'} |"
+            f"| {deid_on if source.deid_enabled else 'no'} |"
         )
     lines += [
         "",
@@ -645,8 +782,16 @@ def render_datacard(manifest: DatasetManifest) -> str:
         f"- Replacements by type: {json.dumps(deid.get('replacements_by_type', {}))}",
         f"- Quarantined (still looked identifying; not in the dataset): {deid.get('quarantined', 0)}",
         "",
-        "Rule-based de-identification does not catch everything (see datapipe/DEIDENTIFICATION.md);",
-        "records from the app may still contain rare identifiers in unusual formats.",
+        f"- Method: {deid.get('provenance', {}).get('method', 'rules')}"
+        + (
+            f" (NER model {ner['package']} {ner['version']}, spaCy {ner['spacy_version']}; "
+            "file hashes in manifest.json)"
+            if (ner := deid.get("provenance", {}).get("ner"))
+            else ""
+        ),
+        "",
+        "De-identification does not catch everything (see datapipe/DEIDENTIFICATION.md, with measured",
+        "recall); records from the app may still contain rare identifiers in unusual formats.",
         "",
         "## Intended use and limits",
         "",

@@ -32,8 +32,8 @@ def build_command(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Build a dataset: read, de-identify, filter, dedup, decontaminate, split, shard, manifest last."""
+    from healthnav.contracts.storage import StorageError
     from healthnav.datapipe.build import BuildError, build_dataset, load_config
-    from healthnav.datapipe.storage import StorageError
 
     try:
         cfg, base = load_config(config)
@@ -60,13 +60,21 @@ def build_command(
 def deidentify_command(
     file: Annotated[str, typer.Argument(help="Text file, one text per line; '-' for stdin.")] = "-",
     stats: Annotated[bool, typer.Option(help="Print counts by type and residual risks to stderr.")] = False,
+    rules_only: Annotated[
+        bool, typer.Option(help="Rules only, without the NER pass (misses names and places it never saw).")
+    ] = False,
 ) -> None:
     """Scrub identifiers from each line; the scrubbed lines come out in the same order."""
     from collections import Counter
 
-    from healthnav.datapipe.deid import default_deidentifier
+    from healthnav.datapipe.deid import Deidentifier, NerUnavailable, default_deidentifier
+    from healthnav.datapipe.deid.ner import install_hint
 
-    deid = default_deidentifier()
+    try:
+        deid = default_deidentifier() if rules_only else Deidentifier.with_ner()
+    except NerUnavailable as exc:
+        _fail(f"{exc}; {install_hint()} (or pass --rules-only)")
+        return
     try:
         fh = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
@@ -110,7 +118,7 @@ def verify_command(
     uri: Annotated[str, typer.Argument(help="Dataset prefix (s3://, file:// or a folder).")],
 ) -> None:
     """Check the manifest, every shard's sha256, record counts and record schema."""
-    from healthnav.datapipe.dataset import verify
+    from healthnav.contracts.dataset import verify
 
     report = verify(uri)
     if report.ok:
@@ -130,7 +138,7 @@ def inspect_command(
     """Counts by source and split, licences, statistics, and a few sample records."""
     from itertools import islice
 
-    from healthnav.datapipe.dataset import DatasetError, iter_records, load_manifest
+    from healthnav.contracts.dataset import DatasetError, iter_records, load_manifest
 
     try:
         m = load_manifest(uri)

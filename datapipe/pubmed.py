@@ -19,11 +19,13 @@ from typing import Any
 
 import httpx
 
+from healthnav.contracts.errors import HealthnavError
+
 EUTILS_BASE = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
-class EutilsError(RuntimeError):
+class EutilsError(HealthnavError, RuntimeError):
     """E-utilities failed after retries, or answered something unusable."""
 
 

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from healthnav.datapipe.readers import TEMPLATE_INSTRUCTIONS
-from healthnav.datapipe.records import TrainingRecord
+from healthnav.contracts.records import TrainingRecord
+from healthnav.datapipe.readers import template_instructions
+
+TEMPLATE_INSTRUCTIONS = template_instructions()
+"""Instructions that are templates, not content: dedup and decontamination ignore them."""
 
 # --------------------------------------------------------------------------- normalisation
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from healthnav.datapipe import storage
-from healthnav.datapipe.dataset import MANIFEST_NAME, DatasetError, verify
+from healthnav.contracts import storage
+from healthnav.contracts.dataset import MANIFEST_NAME, DatasetError, verify
+from healthnav.contracts.uris import StorageURI
 
 
 def stage_dataset(directory: str | Path, uri: str) -> int:
@@ -24,7 +25,7 @@ def stage_dataset(directory: str | Path, uri: str) -> int:
         raise DatasetError(
             f"{local}: refusing to stage a dataset that fails verification: {report.problems[0]}"
         )
-    dest = storage.StorageURI.parse(uri).as_prefix()
+    dest = StorageURI.parse(uri).as_prefix()
     remote_manifest = dest.join(MANIFEST_NAME)
     known = storage.remote_sha256(remote_manifest)
     if known is not None and known != storage.sha256_file(local / MANIFEST_NAME):
@@ -37,7 +38,7 @@ def stage_dataset(directory: str | Path, uri: str) -> int:
     return written
 
 
-def _delete(uri: storage.StorageURI) -> None:
+def _delete(uri: StorageURI) -> None:
     if uri.scheme == "file":
         uri.local_path.unlink(missing_ok=True)
     else:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from dp_helpers import EXAMPLES, ROOT, write_config
 
+from healthnav.contracts.dataset import DatasetError, iter_records, load_manifest, load_records, verify
 from healthnav.datapipe.build import BuildError, build_dataset, load_config
-from healthnav.datapipe.dataset import DatasetError, iter_records, load_manifest, load_records, verify
 from healthnav.datapipe.stage import stage_dataset
 
 pytestmark = pytest.mark.unit

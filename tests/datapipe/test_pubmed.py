@@ -13,7 +13,7 @@ import pytest
 from dp_helpers import EXAMPLES
 
 from healthnav.datapipe.pubmed import EutilsClient, EutilsError, RateLimiter
-from healthnav.datapipe.readers import read_pubmed
+from healthnav.datapipe.readers.pubmed_xml import read_pubmed
 
 pytestmark = pytest.mark.unit
 RECORDED = (EXAMPLES / "pubmed_efetch.xml").read_bytes()

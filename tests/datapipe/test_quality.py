@@ -51,7 +51,7 @@ def _record_tokens(rnd: random.Random, n: int) -> list[bytes]:
 
 
 def test_near_deduper_drops_one_word_edits_and_keeps_distinct_texts() -> None:
-    from healthnav.datapipe.records import TrainingRecord
+    from healthnav.contracts.records import TrainingRecord
 
     rnd = random.Random(5)
     dedup = NearDeduper(threshold=0.85, num_perm=64, shingle=3)

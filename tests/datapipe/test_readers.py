@@ -6,16 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from healthnav.datapipe.prompts import ASSESSMENT_INSTRUCTION, PatientCase, format_assessment_input
-from healthnav.datapipe.readers import (
+from healthnav.contracts.prompts import (
+    ASSESSMENT_INSTRUCTION,
     MCQ_INSTRUCTION,
-    read_app_export,
-    read_instruction,
-    read_medmcqa,
-    read_medqa,
-    read_pubmed,
-    read_pubmedqa,
+    PatientCase,
+    format_assessment_input,
 )
+from healthnav.datapipe.readers.app import read_app_export
+from healthnav.datapipe.readers.instruction import read_instruction
+from healthnav.datapipe.readers.medmcqa import read_medmcqa
+from healthnav.datapipe.readers.medqa import read_medqa
+from healthnav.datapipe.readers.pubmed_xml import read_pubmed
+from healthnav.datapipe.readers.pubmedqa import read_pubmedqa
 
 pytestmark = pytest.mark.unit
 
@@ -165,3 +167,19 @@ def test_app_export_csv_with_custom_mapping(tmp_path: Path, examples_dir: Path) 
         )
     )
     assert rec.input == "Symptoms: itchy eyes" and rec.metadata["risk_level"] == "self-care"
+
+
+def test_registry_lists_each_reader_module_and_configs_are_checked_against_it() -> None:
+    from pydantic import ValidationError
+
+    from healthnav.datapipe.build import SourceConfig
+    from healthnav.datapipe.readers import reader, reader_formats
+
+    assert reader_formats() == ["app", "instruction", "medmcqa", "medqa", "pubmed", "pubmedqa"]
+    assert reader("app").patient_data and not reader("medqa").patient_data
+    assert MCQ_INSTRUCTION in reader("medmcqa").template_instructions
+    with pytest.raises(ValidationError, match="unknown format 'csv'; known: app, instruction"):
+        SourceConfig.model_validate({"name": "x", "format": "csv", "paths": ["a"], "license": "MIT"})
+    assert SourceConfig.model_validate(
+        {"name": "x", "format": "app", "paths": ["a"], "license": "MIT"}
+    ).deid_enabled

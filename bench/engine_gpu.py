@@ -3,7 +3,7 @@
 The serving layer's own cost is measured by ``serving_latency`` (zero-cost engine, CPU). This
 one measures the other half of the issue's "under 1 s to first token" on the model size the
 roadmap serves: a Mistral-7B-shaped model (bf16, random weights, same geometry as
-BioMistral-7B) in :class:`healthnav.serving.engine.TransformersEngine`, the engine ``hnav
+BioMistral-7B) in :class:`healthnav.serving.engines.transformers.TransformersEngine`, the engine ``hnav
 serve`` and ModelServe run with ``engine: transformers``. Prompts are real assessment prompts
 from the shared prompt renderer. With ``--adapter`` (the QLoRA adapter ``trainer_gpu --keep``
 trained) it also measures the same requests through the LoRA adapter; without ``--model`` it writes
@@ -49,7 +49,7 @@ CASES = [
 
 
 def prompts(n: int) -> list[str]:
-    from healthnav.datapipe.prompts import PatientCase, render_assessment_prompt
+    from healthnav.contracts.prompts import PatientCase, render_assessment_prompt
 
     return [render_assessment_prompt(PatientCase(**CASES[i % len(CASES)])) for i in range(n)]
 
@@ -107,7 +107,7 @@ def main() -> None:
     from trainer_gpu import software_versions, write_model
 
     from healthnav.serving.config import ServeAppConfig
-    from healthnav.serving.engine import TransformersEngine
+    from healthnav.serving.engines.transformers import TransformersEngine
 
     with tempfile.TemporaryDirectory(prefix="hnav-engine-bench-") as tmp:
         model = args.model
@@ -146,7 +146,7 @@ def main() -> None:
         "benchmark": "engine_gpu",
         "device": torch.cuda.get_device_name(0),
         "software": software_versions(),
-        "engine": "TransformersEngine (healthnav.serving.engine), bf16, one request at a time",
+        "engine": "TransformersEngine (healthnav.serving.engines.transformers), bf16, one request at a time",
         "model": "Mistral-7B-shaped, random weights, vocabulary fitted to its tokenizer"
         if args.model is None
         else str(args.model.name),

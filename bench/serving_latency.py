@@ -1,10 +1,10 @@
 """Benchmark: what the Ray Serve + HTTP layer adds, how it holds up under concurrency, how it scales.
 
-The engine is :class:`healthnav.serving.engine.EchoEngine`, a zero-cost engine that streams
+The engine is :class:`healthnav.serving.engines.echo.EchoEngine`, a zero-cost engine that streams
 ``max_tokens`` one-word chunks: latency measured through HTTP is then the serving layer itself
 (Ray's HTTP proxy, its hop to the replica, FastAPI, auth, validation, prompt rendering,
 admission, JSON or SSE), not a model. The requests name the base model, which a replica serves
-itself; adapter requests the replica does not hold pay one more Ray hop (see serving/app.py).
+itself; adapter requests the replica does not hold pay one more Ray hop (see serving/replica.py).
 The same request is timed against the engine called directly in-process; the difference is the
 added latency.
 
@@ -14,7 +14,7 @@ added latency.
 3. autoscaling: engine tokens take 20 ms each, 24 streams push ongoing requests above the
    target, the replica count is sampled until it rises, then load stops and it falls back.
 
-The app runs with :data:`healthnav.serving.app.SERVE_ENV` (Ray Serve's throughput-optimised
+The app runs with :data:`healthnav.serving.config.SERVE_ENV` (Ray Serve's throughput-optimised
 mode without direct ingress), as ``hnav serve`` and production should; ``--ray-defaults``
 measures Ray's defaults for comparison. The settings used are recorded in the results.
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving_latency.json"
-FACTORY = "healthnav.serving.engine:EchoEngine"
+FACTORY = "healthnav.serving.engines.echo:EchoEngine"
 KEY = "bench-key"
 MAX_TOKENS = 16
 
@@ -82,7 +82,7 @@ def chat_body(stream: bool) -> dict[str, Any]:
 
 async def direct_latency(n: int) -> list[float]:
     """The engine called in-process with the same prompt rendering: the baseline."""
-    from healthnav.serving.engine import EchoEngine
+    from healthnav.serving.engines.echo import EchoEngine
     from healthnav.serving.openai_api import ChatCompletionRequest, chat_prompt, sampling_for
 
     cfg = config()

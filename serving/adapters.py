@@ -24,14 +24,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from healthnav.datapipe import storage
+from healthnav.contracts import storage
+from healthnav.contracts.errors import RetryableError
+from healthnav.contracts.models import ADAPTER_CONFIG
+from healthnav.contracts.run_output import RunOutput
+from healthnav.contracts.uris import StorageURI
 from healthnav.serving.config import ServeAppConfig
 
 ADAPTER_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
-ADAPTER_CONFIG = "adapter_config.json"
 
 
-class AdapterError(RuntimeError):
+class AdapterError(RetryableError):
     """An adapter could not be fetched or does not fit the cache; the message names it."""
 
 
@@ -53,9 +56,7 @@ class AdapterResolver:
     def __init__(self, config: ServeAppConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.base_name = config.model_name
         self.configured = {a.name: a.uri for a in config.adapters}
-        self.prefix = (
-            storage.StorageURI.parse(config.adapters_prefix).as_prefix() if config.adapters_prefix else None
-        )
+        self.prefix = StorageURI.parse(config.adapters_prefix).as_prefix() if config.adapters_prefix else None
         self.ttl = config.adapter_discovery_ttl_seconds
         self._clock = clock
         self._lookups: dict[str, tuple[float, str | None]] = {}
@@ -97,7 +98,8 @@ class AdapterResolver:
 
     def _discover(self, name: str) -> str | None:
         assert self.prefix is not None
-        for candidate in (self.prefix.join(name, "adapter/"), self.prefix.join(name + "/")):
+        run = RunOutput(self.prefix.join(name + "/"))
+        for candidate in (run.adapter, run.prefix):
             if storage.exists(candidate.join(ADAPTER_CONFIG)):
                 return str(candidate)
         return None
@@ -120,7 +122,7 @@ class AdapterResolver:
         names: set[str] = set()
         for obj, _ in storage.list_objects(self.prefix):
             rel = obj.key[len(self.prefix.key) :].split("/")
-            layout_ok = len(rel) == 2 or (len(rel) == 3 and rel[1] == "adapter")
+            layout_ok = len(rel) == 2 or (len(rel) == 3 and rel[1] == RunOutput.ADAPTER)
             if rel[-1] == ADAPTER_CONFIG and layout_ok and ADAPTER_NAME_RE.match(rel[0]):
                 names.add(rel[0])
         return names

@@ -56,11 +56,12 @@ def serve_command(
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM (kubectl delete, docker stop) shuts Serve down like Ctrl-C
 
-    signal.signal(signal.SIGTERM, stop)
-
     with local_serve(
         build_app(cfg.to_dict()), host=host, port=port, num_cpus=num_cpus, log_to_driver=True
     ) as url:
+        # Only now: ray.init installs its own SIGTERM handler, which exits at once, without the
+        # shutdown that stops Serve and every Ray process this command started.
+        signal.signal(signal.SIGTERM, stop)
         typer.echo(f"serving {cfg.model_name!r} ({cfg.engine}) on {url}/v1 (Ctrl-C stops)")
         try:
             while True:

@@ -23,12 +23,14 @@ from typing import Any
 
 import httpx
 
+from healthnav.contracts.errors import HealthnavError
+
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MULTIPLEXED_MODEL_HEADER = "serve_multiplexed_model_id"
 """Ray Serve's HTTP header naming the multiplexed model (here: the adapter) a request is for."""
 
 
-class MedicalLLMError(RuntimeError):
+class MedicalLLMError(HealthnavError, RuntimeError):
     """The server refused the request or stayed unavailable; ``status`` is None for network errors."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

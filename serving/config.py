@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from healthnav.schema import CamelModel
+from healthnav.serving.engines import EngineName
 
 IMPORT_PATH = "healthnav.serving.app:build_app"
 """What a RayService's serveConfigV2 names as the application's import_path."""
@@ -109,7 +110,8 @@ class ServeAppConfig(CamelModel):
     """Name under which the base model is listed in /v1/models."""
     base_model: str
     """s3:// or file:// prefix, local path, or hub id of the base model."""
-    engine: Literal["vllm", "transformers"] = "vllm"
+    engine: EngineName = "vllm"
+    """Which engine generates (:data:`healthnav.serving.engines.ENGINES`)."""
     engine_args: EngineArgs = Field(default_factory=EngineArgs)
     adapters: list[AdapterRef] = Field(default_factory=list)
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)

@@ -3,12 +3,18 @@
 One place for the order that matters: Serve's settings (:data:`SERVE_ENV`) go into the
 environment before Ray starts, because its proxy and replicas read them when their processes
 start; and Serve and Ray are shut down whatever happens, so no test or demo leaves workers behind.
+
+``ray.shutdown()`` stops the GCS, the raylet and the workers, but Ray's dashboard and
+runtime-env agents only exit once they notice their raylet is gone, seconds later, after the
+command that started them has exited; :func:`stop_leftovers` ends every Ray process this
+context started that is still running, so nothing outlives it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,11 +47,56 @@ def local_serve(
         os.environ.setdefault(key, value)
     port = port or free_port()
     runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
+    before = {p.pid for p in _children()}
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, runtime_env=runtime_env)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app, name=name, route_prefix="/", blocking=False)
         yield f"http://{host}:{port}"
     finally:
+        started = [p for p in _children() if p.pid not in before and _is_ray(p)]
         serve.shutdown()
         ray.shutdown()
+        stop_leftovers(started)
+
+
+LEFTOVER_GRACE_S = 10.0
+"""How long a leftover Ray process gets to exit on SIGTERM before it is killed."""
+
+
+def _children() -> list[Any]:
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _is_ray(process: Any) -> bool:
+    """A process of Ray's (its node services, agents and workers), not one the caller started."""
+    import psutil
+
+    try:
+        name = process.name()
+        return (
+            name.startswith("ray::")
+            or name in ("raylet", "gcs_server")
+            or any("/ray/" in part for part in process.cmdline())
+        )
+    except psutil.Error:
+        return False
+
+
+def stop_leftovers(processes: Iterable[Any], grace_s: float = LEFTOVER_GRACE_S) -> None:
+    """Terminate the processes still running (SIGTERM, then SIGKILL after ``grace_s``) and reap them."""
+    import psutil
+
+    alive = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if process.is_running():
+                process.terminate()
+                alive.append(process)
+    _, stubborn = psutil.wait_procs(alive, timeout=grace_s)
+    for process in stubborn:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(stubborn, timeout=grace_s)

@@ -2,16 +2,23 @@
 
 Kept free of Ray and FastAPI so the wire format is unit-tested on its own; ``app.py`` only wires
 these to HTTP. Unknown request fields are ignored (as OpenAI-compatible servers commonly do) so
-newer client versions keep working; but known OpenAI fields that change the answer and that we
-cannot honour (``n`` > 1, ``best_of``, ``suffix``, ``logit_bias``, penalties, chat ``logprobs``)
-are refused with a 400 naming the field, never silently dropped: a caller relying on them would
-otherwise get a subtly different answer without knowing.
+newer client versions keep working; but known fields that change the answer and that we cannot
+honour are refused with a 400 whose ``param`` names the field, never silently dropped: a caller
+relying on them would otherwise get a subtly different answer without knowing. Refused: ``n`` >
+1, ``best_of``, ``suffix``, ``logit_bias``, penalties, chat ``logprobs``/``top_logprobs``, tool
+and function calling (``tools``, ``tool_choice``, ``functions``, ``function_call``), audio
+output, web search, reasoning controls, and vLLM's sampling and guided-decoding extensions
+(``top_k``, ``min_p``, ``guided_json``, ...), which clients moving from vLLM may send.
+
+``response_format`` is honoured: ``json_object`` and ``json_schema`` constrain the generation
+(lm-format-enforcer in the transformers engine, vLLM's structured outputs in the vLLM engine);
+``text`` is the default. ``parallel_tool_calls`` is accepted: without tools it changes nothing.
 
 ``/v1/completions`` implements the legacy ``echo`` + ``logprobs`` semantics (``max_tokens: 0``
 returns only the prompt's token log-probabilities), which is how lm-evaluation-harness scores
 multiple choice by log-likelihood against an OpenAI-compatible server.
 
-Chat requests are rendered with :func:`healthnav.datapipe.prompts.render_chat`, the same
+Chat requests are rendered with :func:`healthnav.contracts.prompts.render_chat`, the same
 template the model was trained on. ``/v1/completions`` sends the prompt verbatim: that is what a
 completion is, and it lets callers reproduce a training prompt exactly.
 """
@@ -23,11 +30,11 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from healthnav.datapipe.prompts import render_chat
+from healthnav.contracts.prompts import render_chat
 from healthnav.serving.config import LimitsSpec
-from healthnav.serving.engine import EngineRequestError, Sampling
+from healthnav.serving.engine import ANY_JSON_OBJECT, EngineRequestError, Sampling
 
 
 class _Request(BaseModel):
@@ -53,6 +60,71 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Request):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(default="response", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON schema the answer must follow")
+    strict: bool | None = Field(default=None, description="the schema is always enforced")
+
+
+class ResponseFormat(_Request):
+    """OpenAI ``response_format``: ``text`` (default), ``json_object`` or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_present(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema: {name, schema}")
+        return self
+
+    def constraint(self) -> dict[str, Any] | None:
+        """The ``Sampling.json_schema`` this format asks for (None: unconstrained text)."""
+        if self.type == "json_object":
+            return ANY_JSON_OBJECT
+        if self.type == "json_schema" and self.json_schema is not None:
+            return self.json_schema.schema_
+        return None
+
+
+UNSUPPORTED: dict[str, str] = {
+    "tools": "tool calling is not supported by this server",
+    "tool_choice": "tool calling is not supported by this server",
+    "functions": "function calling is not supported by this server",
+    "function_call": "function calling is not supported by this server",
+    "audio": "audio output is not supported by this server",
+    "web_search_options": "web search is not supported by this server",
+    "reasoning_effort": "reasoning controls are not supported by this server's models",
+    "verbosity": "verbosity control is not supported by this server",
+    "top_k": "top_k is not supported by this server; use top_p",
+    "min_p": "min_p is not supported by this server; use top_p",
+    "repetition_penalty": "repetition penalties are not supported by this server",
+    "min_tokens": "min_tokens is not supported by this server",
+    "ignore_eos": "ignore_eos is not supported by this server",
+    "use_beam_search": "beam search is not supported by this server",
+    "guided_json": "use response_format {type: json_schema} instead of guided_json",
+    "guided_regex": "guided decoding is not supported; use response_format",
+    "guided_choice": "guided decoding is not supported; use response_format",
+    "guided_grammar": "guided decoding is not supported; use response_format",
+    "structured_outputs": "use response_format {type: json_schema} instead of structured_outputs",
+}
+"""Known fields (OpenAI's and vLLM's) that change the answer and that this server cannot honour."""
+HARMLESS: dict[str, tuple[Any, ...]] = {
+    "tool_choice": ("none",),
+    "function_call": ("none",),
+    "top_k": (-1, 0),
+    "min_p": (0, 0.0),
+    "repetition_penalty": (1, 1.0),
+    "min_tokens": (0,),
+    "ignore_eos": (False,),
+    "use_beam_search": (False,),
+}
+"""Values of :data:`UNSUPPORTED` fields that ask for nothing (what clients send by default)."""
+
+
 MAX_LOGPROBS = 5
 """OpenAI's legacy limit on ``logprobs`` (alternatives per position)."""
 
@@ -70,6 +142,44 @@ class _Sampling(_Request):
     presence_penalty: float = Field(default=0.0, description="only 0 is supported")
     frequency_penalty: float = Field(default=0.0, description="only 0 is supported")
     logit_bias: dict[str, float] | None = Field(default=None, description="not supported")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="text, json_object or json_schema: constrains the generation"
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="accepted; no tools are called")
+    tools: list[Any] | None = Field(default=None, description="not supported (400)")
+    tool_choice: Any = Field(default=None, description="not supported (400) unless 'none'")
+    functions: list[Any] | None = Field(default=None, description="not supported (400)")
+    function_call: Any = Field(default=None, description="not supported (400) unless 'none'")
+    audio: Any = Field(default=None, description="not supported (400)")
+    modalities: list[str] | None = Field(default=None, description="only ['text']")
+    web_search_options: Any = Field(default=None, description="not supported (400)")
+    reasoning_effort: Any = Field(default=None, description="not supported (400)")
+    verbosity: Any = Field(default=None, description="not supported (400)")
+    top_k: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    min_p: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    repetition_penalty: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    min_tokens: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    ignore_eos: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    use_beam_search: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    guided_json: Any = Field(default=None, description="vLLM extension; use response_format (400)")
+    guided_regex: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    guided_choice: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    guided_grammar: Any = Field(default=None, description="vLLM extension; not supported (400)")
+    structured_outputs: Any = Field(default=None, description="vLLM extension; use response_format (400)")
+
+    @field_validator(*UNSUPPORTED)
+    @classmethod
+    def _unsupported(cls, v: Any, info: Any) -> Any:
+        if v is None or v == [] or v in HARMLESS.get(info.field_name, ()):
+            return v
+        raise ValueError(UNSUPPORTED[info.field_name])
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, v: list[str] | None) -> list[str] | None:
+        if v and set(v) != {"text"}:
+            raise ValueError("only text output is supported by this server")
+        return v
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -104,11 +214,11 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = Field(
         default=None, description="not supported on chat; use /v1/completions with logprobs"
     )
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="only 0 is supported")
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", "top_logprobs")
     @classmethod
-    def _no_chat_logprobs(cls, v: bool | None) -> bool | None:
+    def _no_chat_logprobs(cls, v: bool | int | None) -> bool | int | None:
         if v:
             raise ValueError("logprobs are not supported on chat completions; use /v1/completions")
         return v
@@ -282,6 +392,7 @@ def sampling_for(req: _Sampling, limits: LimitsSpec, *, default_max_tokens: int 
         seed=req.seed,
         logprobs=logprobs,
         echo=echo,
+        json_schema=req.response_format.constraint() if req.response_format else None,
     )
 
 

@@ -16,14 +16,9 @@ import pytest
 from pydantic import ValidationError
 
 from healthnav.serving.config import ServeAppConfig
-from healthnav.serving.engine import (
-    EchoEngine,
-    EngineRequestError,
-    Sampling,
-    TokenScores,
-    TransformersEngine,
-    openai_logprobs,
-)
+from healthnav.serving.engine import EngineRequestError, Sampling, TokenScores, openai_logprobs
+from healthnav.serving.engines.echo import EchoEngine
+from healthnav.serving.engines.transformers import TransformersEngine
 from healthnav.serving.openai_api import ChatCompletionRequest, CompletionRequest, sampling_for
 
 PROMPT = "Patient reports fever and cough. Risk level:"
@@ -144,7 +139,7 @@ def test_a_character_split_across_tokens_belongs_to_the_token_that_completes_it(
 
 
 def test_vllm_prompt_logprobs_map_onto_the_same_shape() -> None:
-    from healthnav.serving.vllm_engine import sampling_kwargs, vllm_token_scores
+    from healthnav.serving.engines.vllm import sampling_kwargs, vllm_token_scores
 
     words = {1: "A", 2: " cat", 3: " dog"}
 

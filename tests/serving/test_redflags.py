@@ -1,150 +1,206 @@
-"""The deterministic red-flag layer: every emergency escalates, negated and historical mentions do not."""
+"""The red-flag layer: a valid cited catalogue, context that discounts only what is not current,
+refusal of languages it cannot read, a semantic net that only ever adds, and the CLI's JSON.
+
+The phrases here are this file's own smoke cases, written from the guidance; the layer is judged
+on the independent suite in ``test_redflag_suite.py`` (and ``bench/redflag_recall.py``).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from healthnav.serving.assessment import build_assessment
 from healthnav.serving.cli import app as serve_cli
-from healthnav.serving.redflags import RULES, detect_red_flags, emergency_advice, red_flag_report
+from healthnav.serving.redflags import check_red_flags, detect_red_flags, emergency_advice, red_flag_report
+from healthnav.serving.redflags.catalogue import DATA, LANGUAGES, CatalogueError, catalogue, load_catalogue
+from healthnav.serving.redflags.language import identify_language
 
 pytestmark = pytest.mark.unit
 
-POSITIVE: list[tuple[str, str]] = [
-    # acute coronary syndrome: chest pain with cardiac features
-    ("crushing chest pain radiating to my left arm", "acute_coronary_syndrome"),
-    ("Chest pain and I'm sweating a lot", "acute_coronary_syndrome"),
-    ("chest tightness with shortness of breath when climbing stairs", "acute_coronary_syndrome"),
-    ("pressure in my chest, feel nauseous", "acute_coronary_syndrome"),
-    ("chest pain going down my arm and into my jaw", "acute_coronary_syndrome"),
-    ("feels like an elephant on my chest", "acute_coronary_syndrome"),
-    ("No fever, has crushing chest pain", "acute_coronary_syndrome"),
-    ("no relief from chest pain, now clammy", "acute_coronary_syndrome"),
-    ("I don't have a cough but I have chest pain and sweating", "acute_coronary_syndrome"),
-    # stroke (FAST)
-    ("my face is drooping on one side", "stroke"),
-    ("sudden weakness in my right arm", "stroke"),
-    ("slurred speech since this morning", "stroke"),
-    ("she can't speak properly and seems confused", "stroke"),
-    ("numbness down the left side of my body", "stroke"),
-    ("worst headache of my life, came on suddenly", "stroke"),
-    ("I think I'm having a stroke", "stroke"),
-    # anaphylaxis
-    ("my throat is swelling after eating peanuts", "anaphylaxis"),
-    ("lips swollen and tongue swelling", "anaphylaxis"),
-    ("hives all over and difficulty breathing after a bee sting", "anaphylaxis"),
-    ("I used my EpiPen 10 minutes ago", "anaphylaxis"),
-    ("allergic reaction and wheezing", "anaphylaxis"),
-    # sepsis and meningitis
-    ("high fever and she is confused and drowsy", "sepsis"),
-    ("fever with mottled skin", "sepsis"),
-    ("doctor said it might be sepsis", "sepsis"),
-    ("fever, stiff neck and a headache", "meningitis"),
-    ("headache with a rash that does not fade under a glass", "meningitis"),
-    ("fever and bright lights hurt my eyes, neck stiffness", "meningitis"),
-    # suicidal intent
-    ("I want to kill myself", "suicidal_intent"),
-    ("been having suicidal thoughts", "suicidal_intent"),
-    ("I don't want to live anymore", "suicidal_intent"),
-    ("thinking about ending it, I want to end my life", "suicidal_intent"),
-    ("everyone would be better off dead without me", "suicidal_intent"),
-    # severe bleeding
-    ("cut my hand and the bleeding won't stop", "severe_bleeding"),
-    ("heavy bleeding from a wound", "severe_bleeding"),
-    ("I vomited blood this morning", "severe_bleeding"),
-    ("coughing up blood", "severe_bleeding"),
-    ("black tarry stools since yesterday", "severe_bleeding"),
-    # breathing
-    ("I can't breathe", "breathing_difficulty"),
-    ("he is struggling to breathe", "breathing_difficulty"),
-    ("my lips are turning blue", "breathing_difficulty"),
-    ("baby isn't breathing properly", "breathing_difficulty"),
-    ("severe shortness of breath at rest", "breathing_difficulty"),
-    # consciousness, poisoning
-    ("my dad collapsed and is unresponsive", "loss_of_consciousness"),
-    ("had a seizure ten minutes ago", "loss_of_consciousness"),
-    ("he won't wake up", "loss_of_consciousness"),
-    ("my toddler swallowed a battery", "poisoning_or_overdose"),
-    ("I took too many pills", "poisoning_or_overdose"),
-]
 
-NEGATIVE: list[str] = [
-    "no chest pain",
-    "denies chest pain, sweating or nausea",
-    "I don't have chest pain but I have a sore throat",
-    "chest pain",  # alone, without cardiac features, is urgent, not a deterministic emergency
-    "mild cough and runny nose for three days",
-    "patient denies suicidal ideation",
-    "I am not suicidal, just tired",
-    "no thoughts of self-harm",
-    "had a stroke 2 years ago, now a mild cold",
-    "history of anaphylaxis to penicillin; today a sprained ankle",
-    "no fever, no stiff neck, just a headache",
-    "negative for slurred speech and facial droop",
-    "no bleeding",
-    "without difficulty breathing",
-    "food poisoning last week, feeling better now",
-    "family history of heart attack; I have a rash on my arm",
-    "headache",
-    "fever and a sore throat",
-    "chest pain: denied",
+def ids(text: str, **kw: object) -> set[str]:
+    return {f.id for f in check_red_flags(text, semantic=False, **kw).flags}  # type: ignore[arg-type]
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+
+
+def test_catalogue_is_large_cited_and_spans_the_emergency_categories() -> None:
+    cat = catalogue()
+    assert len(cat.presentations) >= 40
+    assert len({p.id for p in cat.presentations}) == len(cat.presentations)
+    for p in cat.presentations:
+        assert p.sources and all(s in cat.sources for s in p.sources), p.id
+        assert all(cat.sources[s].url.startswith("https://") for s in p.sources), p.id
+        assert "en" in cat.languages_of(p), p.id
+    wanted = {"cardiovascular", "neurological", "respiratory", "allergic", "trauma", "surgical"}
+    wanted |= {"psychiatric", "toxicological", "paediatric", "obstetric", "metabolic", "eye", "infection"}
+    assert wanted <= {p.category for p in cat.presentations}
+
+
+def test_top_presentations_are_recognised_in_every_catalogue_language() -> None:
+    cat = catalogue()
+    top = {p.id for p in cat.presentations if p.top}
+    assert top >= {
+        "acute_coronary_syndrome",
+        "stroke",
+        "breathing_difficulty",
+        "anaphylaxis",
+        "severe_bleeding",
+        "suicidal_intent",
+        "seizure",
+        "loss_of_consciousness",
+    }
+    for pid in top:
+        assert cat.languages_of(cat.presentation(pid)) == set(LANGUAGES), pid
+
+
+def test_a_broken_catalogue_entry_is_refused_with_its_file_and_id(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(DATA, data)
+    text = (data / "presentations.yaml").read_text()
+    broken = text.replace("sources: [nhs_sah,", "sources: [no_such_source,", 1)
+    (data / "presentations.yaml").write_text(broken)
+    with pytest.raises(CatalogueError, match=r"presentations.yaml: subarachnoid_haemorrhage: field sources"):
+        load_catalogue(data)
+    (data / "presentations.yaml").write_text(text.replace("- [thunderclap]", "- [thunderclapp]", 1))
+    with pytest.raises(CatalogueError, match=r"subarachnoid_haemorrhage: field when: unknown concepts"):
+        load_catalogue(data)
+
+
+# --- rules and context ------------------------------------------------------------------------
+
+EMERGENCIES = [
+    ("heavy squeezing in my chest that goes up into my jaw, drenched in sweat", "acute_coronary_syndrome"),
+    ("no fever but crushing chest pain", "acute_coronary_syndrome"),
+    ("the chest pain has gone away but now my left arm is numb", "acute_coronary_syndrome"),
+    ("she suddenly can't raise her right arm and her mouth is lopsided", "stroke"),
+    ("he is gasping and his lips have gone blue", "breathing_difficulty"),
+    ("stung by a wasp and now my tongue is swelling up", "anaphylaxis"),
+    ("blood is spurting out of the cut on his leg", "severe_bleeding"),
+    ("I've been sick and there was blood in it, looks like coffee grounds", "gastrointestinal_bleeding"),
+    ("I don't want to be alive any more and I have a plan", "suicidal_intent"),
+    ("my grandad collapsed in the garden and won't come round", "loss_of_consciousness"),
+    ("my toddler got into the cupboard and swallowed some of my tablets", "poisoning"),
+    ("banged her head on the pavement, now vomiting and very drowsy", "head_injury"),
+    ("positive test last week, now stabbing pain low on the right of my tummy", "ectopic_pregnancy"),
+    ("34 weeks pregnant with a pounding headache and flashing lights in my eyes", "pre_eclampsia"),
+    ("sciatica for a week and now numb between my legs and I can't pee properly", "cauda_equina"),
+    ("type 1 diabetic, vomiting all night and my breath smells like pear drops", "diabetic_ketoacidosis"),
+    ("Tengo un dolor opresivo en el pecho que se va al brazo izquierdo", "acute_coronary_syndrome"),
+    ("Mein Vater ist zusammengebrochen und reagiert nicht", "loss_of_consciousness"),
+    ("Ma fille ne peut plus respirer, ses lèvres sont bleues", "breathing_difficulty"),
 ]
 
 
-@pytest.mark.parametrize(("text", "rule"), POSITIVE)
-def test_red_flag_escalates(text: str, rule: str) -> None:
-    ids = [f.id for f in detect_red_flags(text)]
-    assert rule in ids, f"{text!r} should raise {rule}, got {ids}"
+@pytest.mark.parametrize(("text", "presentation"), EMERGENCIES)
+def test_emergencies_escalate(text: str, presentation: str) -> None:
+    assert presentation in ids(text), text
 
 
-@pytest.mark.parametrize("text", NEGATIVE)
-def test_negated_historical_or_benign_is_not_flagged(text: str) -> None:
-    assert detect_red_flags(text) == [], text
+NOT_CURRENT = [
+    "no chest pain, no sweating, just a runny nose",
+    "I had a heart attack in 2015 and today I have a sore knee",
+    "my mother died of a stroke, should I get my blood pressure checked?",
+    "what are the warning signs of a stroke? it's for my school project",
+    "for a school project, what are the signs that someone is having a stroke?",
+    "the cut bled a lot but the bleeding has stopped now and it's closed",
+    "I am not suicidal, just stressed about exams",
+    "chest pain",  # alone, without cardiac features, is not a deterministic emergency
+]
 
 
-def test_every_rule_has_a_positive_case() -> None:
-    covered = {rule for _, rule in POSITIVE}
-    assert covered == {r.id for r in RULES}
+@pytest.mark.parametrize("text", NOT_CURRENT)
+def test_negated_historical_family_hypothetical_and_resolved_do_not_escalate(text: str) -> None:
+    assert ids(text) == set(), text
 
 
-def test_cardiac_history_turns_chest_pain_into_a_red_flag() -> None:
-    assert detect_red_flags("chest pain") == []
-    flags = detect_red_flags("chest pain", history="heart attack in 2019, two stents")
-    assert [f.id for f in flags] == ["acute_coronary_syndrome"]
-    # a family member's history is not the patient's
-    assert detect_red_flags("chest pain", history="family history of heart attack") == []
+def test_a_present_finding_escalates_even_beside_a_hypothetical_question() -> None:
+    assert ids("what are the signs of a stroke? it's for a school project") == set()
+    assert "stroke" in ids("doing a school project on strokes but right now my dad's face is drooping")
 
 
-def test_history_alone_never_flags() -> None:
-    assert detect_red_flags("sore knee", history="myocardial infarction 2015") == []
+def test_medical_history_is_a_risk_factor_never_an_emergency_by_itself() -> None:
+    assert ids("chest pain") == set()
+    assert ids("chest pain", history="two stents after a heart attack in 2019") == {"acute_coronary_syndrome"}
+    assert ids("sore knee", history="myocardial infarction 2015") == set()
+    assert ids("chest pain", history="family history of heart attack") == set()
 
 
-def test_evidence_names_the_matched_words_and_advice_leads_with_emergency() -> None:
+def test_age_turns_a_fever_into_an_infant_emergency() -> None:
+    assert ids("she has a temperature of 38.4", age_years=30) == set()
+    assert "febrile_infant" in ids("she has a temperature of 38.4", age_years=0.1)
+    assert "febrile_infant" in ids("my 6 week old has a temperature of 38.4")
+
+
+def test_evidence_names_the_words_and_advice_leads_with_the_emergency_number() -> None:
     flags = detect_red_flags("crushing chest pain radiating to the jaw")
-    assert "chest pain" in flags[0].evidence
+    assert any("chest" in e for e in flags[0].evidence) and any("jaw" in e for e in flags[0].evidence)
     advice = emergency_advice(flags)
     assert "emergency" in advice[0].lower() and flags[0].advice in advice
 
 
-def test_multiple_rules_fire_together() -> None:
-    ids = {f.id for f in detect_red_flags("I want to kill myself and I took too many pills")}
-    assert {"suicidal_intent", "poisoning_or_overdose"} <= ids
+# --- language ---------------------------------------------------------------------------------
 
 
-def test_report_shape() -> None:
-    assert red_flag_report("no chest pain") == {"red_flags": [], "escalate": False}
-    report = red_flag_report("face drooping and slurred speech")
-    assert report["escalate"] is True and report["red_flags"][0]["id"] == "stroke"
+def test_languages_outside_the_catalogue_are_refused_never_given_a_low_risk() -> None:
+    pt = "estou com uma dor muito forte no peito e não consigo respirar direito"
+    verdict = identify_language(pt)
+    assert (verdict.code, verdict.supported) == ("pt", False)
+    assert identify_language("me duele el pecho desde esta mañana").supported
+    assert identify_language("ok").supported  # too short to judge: never refused on a guess
+    from healthnav.contracts.prompts import format_assessment_output
+
+    routine = format_assessment_output("self-care", "Rest and fluids.", ["Drink water"])
+    out = build_assessment(routine, [], model="m", latency_ms=1, language=verdict)
+    assert out["risk_level"] == "urgent" and out["language_supported"] is False
+    assert "cannot safely check" in out["assessment"] and "emergency number" in out["recommendations"][0]
+    assert out["disclaimer"]
 
 
-def test_cli_prints_one_json_object() -> None:
-    runner = CliRunner()
-    result = runner.invoke(serve_cli, ["redflags", "sudden slurred speech, no chest pain"])
+# --- semantic net -----------------------------------------------------------------------------
+
+SEMANTIC_CASES = [
+    "my husband is clutching his chest, grey and sweaty",
+    "he has been shaking all over and is not responding to us",
+    "mild cough for a week",
+    "no chest pain at all",
+    "what are the warning signs of a stroke",
+]
+
+
+@pytest.mark.parametrize("text", SEMANTIC_CASES)
+def test_the_semantic_net_only_ever_adds_flags(text: str) -> None:
+    rules = {f.id for f in check_red_flags(text, semantic=False, wait_for_models=True).flags}
+    full = check_red_flags(text, semantic=True, wait_for_models=True)
+    assert rules <= {f.id for f in full.flags}
+    assert full.semantic_available
+
+
+def test_the_semantic_net_scores_emergencies_above_routine_phrases() -> None:
+    from healthnav.serving.redflags.semantic import shared_semantic_net
+
+    net = shared_semantic_net(block=True)
+    assert net is not None
+    emergency = net.score("my husband is clutching his chest, grey and sweaty and feels sick")
+    routine = net.score("I need a repeat prescription for my inhaler")
+    assert emergency.presentation == "acute_coronary_syndrome"
+    assert emergency.score >= net.spec.threshold > routine.score
+    assert net.hits([s for s in net.spec.dev_routine]) == []  # the thresholds' own guarantee
+
+
+# --- CLI and report ---------------------------------------------------------------------------
+
+
+def test_report_and_cli_print_one_json_object() -> None:
+    report = red_flag_report("no chest pain")
+    assert report["red_flags"] == [] and report["escalate"] is False and report["language"]["code"] == "en"
+    result = CliRunner().invoke(serve_cli, ["redflags", "sudden slurred speech, no chest pain"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["escalate"] is True
-    assert [f["id"] for f in data["red_flags"]] == ["stroke"]
-    negated = json.loads(runner.invoke(serve_cli, ["redflags", "denies chest pain"]).output)
-    assert negated == {"red_flags": [], "escalate": False}
+    assert data["escalate"] is True and [f["id"] for f in data["red_flags"]] == ["stroke"]

@@ -18,6 +18,7 @@ import pytest
 
 from healthnav.serving.client import MULTIPLEXED_MODEL_HEADER
 from healthnav.serving.config import ServeAppConfig
+from healthnav.serving.engines import ECHO_FACTORY
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +47,7 @@ def url(tiny_adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             "autoscaling": {"minReplicas": 2, "maxReplicas": 2},
         }
     )
-    app = compose_app(
-        cfg, engine_factory="healthnav.serving.engine:EchoEngine", engine_options={"identify": True}
-    )
+    app = compose_app(cfg, engine_factory=ECHO_FACTORY, engine_options={"identify": True})
     with local_serve(app, name="affinity") as url:
         yield url
 

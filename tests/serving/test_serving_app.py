@@ -8,7 +8,9 @@ only the GPU is absent (engine: transformers on CPU).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,6 +215,66 @@ def test_options_the_server_cannot_honour_are_refused_not_ignored(
     assert words in resp.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tools", [{"type": "function", "function": {"name": "triage", "parameters": {"type": "object"}}}]),
+        ("tool_choice", "required"),
+        ("functions", [{"name": "triage", "parameters": {"type": "object"}}]),
+        ("function_call", {"name": "triage"}),
+        ("top_logprobs", 2),
+        ("guided_json", {"type": "object"}),
+        ("response_format", {"type": "xml"}),
+        ("response_format", {"type": "json_schema"}),
+    ],
+)
+def test_the_official_client_gets_a_400_naming_a_field_the_server_cannot_honour(
+    served: Served, field: str, value: object
+) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        served.client().chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "I have a cough."}],
+            max_tokens=4,
+            extra_body={field: value},
+        )
+    assert err.value.status_code == 400 and err.value.param == field, err.value.body
+    assert field in err.value.message or "support" in err.value.message
+
+
+def test_tool_choice_none_and_text_response_format_are_accepted(served: Served) -> None:
+    resp = served.client().chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "I have a cough."}],
+        max_tokens=4,
+        tool_choice="none",
+        response_format={"type": "text"},
+    )
+    assert resp.choices[0].message.content is not None
+
+
+def test_json_response_formats_are_honoured_not_ignored(served: Served) -> None:
+    """A random tiny model, constrained: what it writes is the start of a JSON object (24 tokens)."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    for fmt in (
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    ):
+        resp = served.client().chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "Answer in JSON."}],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            response_format=fmt,  # type: ignore[arg-type]
+        )
+        text = resp.choices[0].message.content or ""
+        assert text.lstrip().startswith("{"), text
+        if resp.choices[0].finish_reason == "stop":
+            json.loads(text)
+        if fmt["type"] == "json_schema":  # only the schema's key, however far it got
+            assert set(re.findall(r'"([^"]*)"\s*:', text)) <= {"ok"}, text
+
+
 # --- multi-LoRA ------------------------------------------------------------------------------------
 
 
@@ -223,7 +285,7 @@ def test_model_field_switches_between_base_and_adapter(served: Served) -> None:
 
 
 def test_adapter_uploaded_to_s3_later_becomes_servable_without_restart(served: Served) -> None:
-    from healthnav.datapipe.storage import upload_dir
+    from healthnav.contracts.storage import upload_dir
 
     name = f"ft-{uuid.uuid4().hex[:6]}"
     client = served.client()
@@ -244,7 +306,7 @@ def test_an_adapter_the_engine_cannot_load_is_a_502_naming_it_and_the_replica_li
 ) -> None:
     import shutil
 
-    from healthnav.datapipe.storage import upload_dir
+    from healthnav.contracts.storage import upload_dir
 
     broken = tmp_path / "broken"
     shutil.copytree(served.adapter_dir, broken)
@@ -283,7 +345,8 @@ def test_assessment_without_red_flags_is_still_safe_when_the_output_is_garbage(s
     body = resp.json()
     assert resp.status_code == 200, resp.text
     assert body["red_flags"] == [] and body["model"] == "triage"
-    # a random tiny model cannot produce the trained format, so the conservative fallback applies
+    # a random tiny model, constrained to the trained format within 24 tokens: it is cut off in the
+    # assessment line, so the conservative fallback applies; nothing it wrote is a recommendation
     assert body["model_output_parsed"] is False
     assert body["risk_level"] == "urgent" and body["recommendations"] and body["assessment"]
 

@@ -49,7 +49,7 @@ def test_context_window_is_checked_before_generating() -> None:
 
 
 def test_sampling_limits_and_chat_rendering_use_the_training_template() -> None:
-    from healthnav.datapipe.prompts import render_prompt
+    from healthnav.contracts.prompts import render_prompt
 
     cfg = _cfg(limits={"maxTokens": 64, "maxPromptChars": 50})
     req = ChatCompletionRequest(model="base", messages=[{"role": "user", "content": "Is a fever of 38 bad?"}])
@@ -64,12 +64,13 @@ def test_sampling_limits_and_chat_rendering_use_the_training_template() -> None:
 
 
 def test_assessment_parses_the_trained_format() -> None:
-    from healthnav.datapipe.prompts import format_assessment_output
+    from healthnav.contracts.prompts import format_assessment_output
 
-    text = format_assessment_output("routine", "Likely a viral cold.", ["Rest", "Fluids"])
+    recs = ["Rest at home", "Drink plenty of fluids"]
+    text = format_assessment_output("routine", "Likely a viral cold.", recs)
     out = build_assessment(text, [], model="m", latency_ms=12.34)
     assert out["risk_level"] == "routine" and out["assessment"] == "Likely a viral cold."
-    assert out["recommendations"] == ["Rest", "Fluids"] and out["model_output_parsed"] is True
+    assert out["recommendations"] == recs and out["model_output_parsed"] is True
     assert out["disclaimer"] == DISCLAIMER and out["escalated"] is False and out["latency_ms"] == 12.3
 
 
@@ -84,7 +85,7 @@ def test_unparseable_output_yields_a_safe_complete_response(garbage: str | None)
 
 
 def test_red_flags_override_a_model_that_under_triages() -> None:
-    from healthnav.datapipe.prompts import format_assessment_output
+    from healthnav.contracts.prompts import format_assessment_output
 
     flags = detect_red_flags("sudden facial droop and slurred speech")
     text = format_assessment_output("self-care", "Probably tiredness.", ["Sleep more"])
@@ -156,7 +157,7 @@ def test_resolver_discovers_adapters_under_the_prefix_with_a_ttl(tmp_path: Path)
 
 
 def test_deployment_options_follow_the_config() -> None:
-    from healthnav.serving.app import HTTP_HEADROOM, llm_deployment_options
+    from healthnav.serving.deployment import HTTP_HEADROOM, llm_deployment_options
 
     cfg = _cfg(
         numGpusPerReplica=1,
@@ -184,7 +185,7 @@ def test_deployment_options_follow_the_config() -> None:
 def test_admission_bounds_generations_and_waiters_and_survives_cancellation() -> None:
     import asyncio
 
-    from healthnav.serving.app import Admission
+    from healthnav.serving.admission import Admission
 
     async def main() -> None:
         gate = Admission(limit=2, queue=1)
@@ -209,7 +210,7 @@ def test_admission_bounds_generations_and_waiters_and_survives_cancellation() ->
 
 def test_vllm_arguments_map_the_config() -> None:
     from healthnav.serving.engine import Sampling
-    from healthnav.serving.vllm_engine import engine_kwargs, sampling_kwargs
+    from healthnav.serving.engines.vllm import engine_kwargs, sampling_kwargs
 
     cfg = _cfg(engineArgs={"maxLoras": 6, "maxLoraRank": 32, "maxModelLen": 8192, "dtype": "bfloat16"})
     kw = engine_kwargs(cfg, "/models/x")

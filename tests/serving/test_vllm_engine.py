@@ -2,7 +2,7 @@
 
 vLLM's wheels pin a torch build of their own, so vLLM is not in the project's virtualenv. The
 stand-in below is a mock, and only of what cannot run there: it mirrors the vLLM 0.33 API that
-``healthnav.serving.vllm_engine`` calls (``AsyncLLM.generate(prompt, params, request_id, *,
+``healthnav.serving.engines.vllm`` calls (``AsyncLLM.generate(prompt, params, request_id, *,
 lora_request)`` yielding cumulative ``RequestOutput``s, a synchronous ``get_tokenizer()``,
 ``abort``, ``add_lora``/``remove_lora``, and ``AsyncEngineArgs``/``SamplingParams`` with vLLM's
 field names, so a misspelt argument fails here as it would there). The real engine runs in
@@ -44,6 +44,19 @@ class AsyncEngineArgs:  # the fields of vllm.engine.arg_utils.EngineArgs (0.33) 
 
 
 @dataclasses.dataclass
+class StructuredOutputsParams:  # vllm.sampling_params.StructuredOutputsParams (0.32), its constraints
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    def __post_init__(self) -> None:  # vLLM's own check: exactly one constraint
+        set_ = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        assert len(set_) == 1, set_
+
+
+@dataclasses.dataclass
 class SamplingParams:  # vllm.sampling_params.SamplingParams (0.33), the fields healthnav sets
     n: int = 1
     max_tokens: int | None = 16
@@ -53,6 +66,7 @@ class SamplingParams:  # vllm.sampling_params.SamplingParams (0.33), the fields 
     seed: int | None = None
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    structured_outputs: StructuredOutputsParams | None = None
 
 
 @dataclasses.dataclass
@@ -78,6 +92,7 @@ class FakeAsyncLLM:
     def __init__(self, args: AsyncEngineArgs) -> None:
         self.args = args
         self.prompts: list[dict[str, Any]] = []
+        self.params: list[SamplingParams] = []
         self.loras: list[LoRARequest | None] = []
         self.aborted: list[str] = []
         self.added: list[LoRARequest] = []
@@ -108,6 +123,10 @@ class FakeAsyncLLM:
     ) -> AsyncIterator[Any]:
         assert isinstance(prompt, dict), "healthnav passes a TokensPrompt"
         self.prompts.append(prompt)
+        self.params.append(params)
+        so = params.structured_outputs
+        if so is not None and isinstance(so.json, dict) and so.json.get("type") == "no-such-type":
+            raise ValueError("The provided JSON schema contains features not supported by xgrammar.")
         self.loras.append(lora_request)
         for i, text in enumerate(self.completion):
             await asyncio.sleep(0)
@@ -129,6 +148,10 @@ def vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     module.AsyncEngineArgs = AsyncEngineArgs  # type: ignore[attr-defined]
     module.AsyncLLMEngine = FakeAsyncLLM  # type: ignore[attr-defined]
     module.SamplingParams = SamplingParams  # type: ignore[attr-defined]
+    sampling_params = types.ModuleType("vllm.sampling_params")
+    sampling_params.StructuredOutputsParams = StructuredOutputsParams  # type: ignore[attr-defined]
+    sampling_params.SamplingParams = SamplingParams  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling_params)
     lora = types.ModuleType("vllm.lora")
     request = types.ModuleType("vllm.lora.request")
     request.LoRARequest = LoRARequest  # type: ignore[attr-defined]
@@ -138,8 +161,10 @@ def vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
 
 
 def make_engine(tmp_path: Path, max_model_len: int = 4096) -> Any:
-    from healthnav.serving.vllm_engine import VLLMEngine
+    from healthnav.serving.engines.vllm import VLLMEngine
 
+    (tmp_path / "model").mkdir(exist_ok=True)  # the fake engine loads nothing, but the path must exist
+    (tmp_path / "model" / "config.json").write_text("{}")
     cfg = ServeAppConfig.model_validate(
         {
             "baseModel": f"file://{tmp_path}/model",
@@ -255,3 +280,47 @@ def test_scoring_a_prompt_that_fills_the_context_is_a_400(vllm: Any, tmp_path: P
     assert err.value.status == 400 and err.value.param == "prompt"
     assert engine.engine.prompts == []
     assert asyncio.run(run(127))[-1].finish_reason == "length"
+
+
+def test_output_constraints_reach_vllm_as_structured_outputs(vllm: Any, tmp_path: Path) -> None:
+    from healthnav.serving.assessment import ASSESSMENT_PATTERN
+
+    engine = make_engine(tmp_path)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+
+    async def run(sampling: Sampling) -> list[Any]:
+        return [c async for c in engine.generate("Cough.", sampling, adapter=None, request_id="r")]
+
+    asyncio.run(run(Sampling(max_tokens=8, json_schema=schema)))
+    asyncio.run(run(Sampling(max_tokens=8, regex=ASSESSMENT_PATTERN)))
+    chunks = asyncio.run(run(Sampling(max_tokens=8)))
+    sent = [p.structured_outputs for p in engine.engine.params]
+    assert sent[0] == StructuredOutputsParams(json=schema)
+    assert sent[1] == StructuredOutputsParams(regex=ASSESSMENT_PATTERN) and sent[2] is None
+    assert "".join(c.text for c in chunks) == "Risk level: low"  # unconstrained streaming unchanged
+    with pytest.raises(EngineRequestError) as err:  # a schema vLLM's grammar backend refuses
+        asyncio.run(run(Sampling(max_tokens=8, json_schema={"type": "no-such-type"})))
+    assert err.value.status == 400 and err.value.param == "response_format"
+
+
+def test_a_dead_engine_is_engine_unavailable_and_nothing_is_aborted_on_it(
+    vllm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM marks its client ``errored`` once the engine core died and raises on every request."""
+    from healthnav.serving.engine import EngineUnavailable
+
+    engine = make_engine(tmp_path)
+
+    async def dead(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        raise RuntimeError("EngineCore encountered an issue")
+        yield  # an async generator, as vLLM's generate is
+
+    monkeypatch.setattr(engine.engine, "generate", dead)
+    engine.engine.errored = True
+    with pytest.raises(EngineUnavailable, match="retry"):
+        asyncio.run(collect(engine, "Fever."))
+    assert engine.engine.aborted == []  # a dead engine has nothing to abort (and abort would raise)
+    # an ordinary failure on a live engine is not dressed up as a restartable one
+    engine.engine.errored = False
+    with pytest.raises(RuntimeError, match="EngineCore"):
+        asyncio.run(collect(engine, "Fever."))

@@ -52,7 +52,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 def engine(
     vllm_model: Path, vllm_adapter: Path, loop: asyncio.AbstractEventLoop, on_cpu: bool
 ) -> Iterator[Any]:
-    from healthnav.serving.vllm_engine import VLLMEngine
+    from healthnav.serving.engines.vllm import VLLMEngine
 
     args = {
         "maxModelLen": MAX_MODEL_LEN,
@@ -268,3 +268,56 @@ def test_a_seed_repeats_a_sampled_completion(engine: Any, loop: asyncio.Abstract
     sampled = Sampling(max_tokens=12, temperature=1.0, seed=7)
     first, again = (_text(loop.run_until_complete(_collect(engine, sampled))) for _ in range(2))
     assert first and first == again
+
+
+def test_output_constraints_are_enforced_by_vllms_structured_outputs(
+    engine: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    """A random model, constrained: the assessment format's start, and JSON with only the schema's key."""
+    import re
+
+    from healthnav.serving.assessment import ASSESSMENT_PATTERN
+
+    fmt = Sampling(max_tokens=64, temperature=0, regex=ASSESSMENT_PATTERN)
+    text = _text(loop.run_until_complete(_collect(engine, fmt, prompt="Fever.")))
+    assert re.match(r"Risk level: (self-care|routine|urgent|emergency)\n", text), text
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    as_json = Sampling(max_tokens=48, temperature=0, json_schema=schema)
+    text = _text(loop.run_until_complete(_collect(engine, as_json, prompt="Fever.")))
+    assert text.lstrip().startswith("{") and set(re.findall(r'"([^"]*)"\s*:', text)) <= {"ok"}, text
+
+
+def test_a_dead_engine_core_is_a_retryable_503_and_fails_the_health_check(
+    engine: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    """vLLM's engine core killed under the replica (an OOM kill, a driver fault): each request gets
+    the retryable error the app answers with a 503 and Retry-After, not a 500, and the replica's
+    health check fails so Ray Serve replaces it. It kills the module's engine, so it runs last."""
+    import time
+
+    import psutil
+
+    from healthnav.serving.engine import EngineUnavailable
+    from healthnav.serving.messages import GenerationError
+    from healthnav.serving.replica import Replica
+
+    cores = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "EngineCore" in p.name() or any("EngineCore" in part for part in p.cmdline())
+    ]
+    assert cores, "vLLM's engine core process was not found among this process's children"
+    for proc in cores:
+        proc.kill()
+    deadline = time.monotonic() + 60
+    while not engine.engine.errored:  # vLLM's monitor notices the dead process
+        assert time.monotonic() < deadline, "vLLM did not notice that its engine core died"
+        loop.run_until_complete(asyncio.sleep(0.2))
+    with pytest.raises(EngineUnavailable, match="retry"):
+        loop.run_until_complete(_collect(engine, GREEDY))
+    answer = GenerationError.from_engine(EngineUnavailable("stopped"))
+    assert answer.status == 503 and answer.code == "engine_unavailable"
+    holder = Replica.__new__(Replica)  # check_health reads only the engine
+    holder.engine = engine
+    with pytest.raises(Exception):  # noqa: B017  (vLLM's EngineDeadError)
+        loop.run_until_complete(holder.check_health())

@@ -17,15 +17,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from healthnav.contracts.models import materialize
 from healthnav.serving.config import ServeAppConfig
 from healthnav.serving.engine import (
+    ANY_JSON_OBJECT,
     Chunk,
     EngineRequestError,
+    EngineUnavailable,
     Sampling,
     TokenScores,
     check_context,
     incremental_token_texts,
-    local_model_path,
     openai_logprobs,
 )
 
@@ -68,7 +70,24 @@ def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
         kwargs["logprobs"] = sampling.logprobs
         if sampling.echo:
             kwargs["prompt_logprobs"] = sampling.logprobs
+    if (constraint := structured_outputs_kwargs(sampling)) is not None:
+        kwargs["structured_outputs"] = constraint
     return kwargs
+
+
+def structured_outputs_kwargs(sampling: Sampling) -> dict[str, Any] | None:
+    """``StructuredOutputsParams`` keyword arguments for the sampling's output constraint, if any.
+
+    ``response_format: json_object`` maps to vLLM's ``json_object``, a JSON schema to ``json``,
+    the assessment format to ``regex``; vLLM's default backend (xgrammar) enforces them.
+    """
+    if sampling.regex is not None:
+        return {"regex": sampling.regex}
+    if sampling.json_schema is None:
+        return None
+    if sampling.json_schema == ANY_JSON_OBJECT:
+        return {"json_object": True}
+    return {"json": sampling.json_schema}
 
 
 def vllm_token_scores(decode: Any, token_ids: list[int], entries: list[Any] | None) -> TokenScores:
@@ -111,13 +130,66 @@ def drop_after(scores: TokenScores, text_len: int) -> TokenScores:
     return TokenScores(scores.tokens[:keep], scores.logprobs[:keep], scores.top[:keep])
 
 
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it refuses (its validation errors; ValueError before 0.11)."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, VLLMClientError)
+
+
+def load_cpu_kernels() -> str:
+    """Load the native kernels vLLM's CPU build runs on this CPU; the module's name.
+
+    The build ships three (``_C`` for AVX-512 with bf16, ``_C_AVX512``, ``_C_AVX2``) and picks one
+    by the CPU's instruction sets, as here: importing ``vllm._C`` on an AVX2-only CPU dies with
+    SIGILL. The variants' libraries load under the module name ``_C``, so Python reports "does not
+    define module export function" after loading them, which vLLM ignores too. Anything else (a
+    missing libnuma, say) raises: the server image checks this at build time, not when a Ray
+    worker first starts an engine.
+    """
+    import importlib
+
+    import torch
+
+    if torch.cpu._is_avx512_supported():
+        name = "vllm._C" if torch.cpu._is_avx512_bf16_supported() else "vllm._C_AVX512"
+    else:
+        name = "vllm._C_AVX2"
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        if name == "vllm._C" or "does not define module export function" not in str(exc):
+            raise
+    return name
+
+
+def _engine_dead(engine: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` means vLLM's engine core is gone (every later request would fail too)."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except ImportError:
+        EngineDeadError = ()  # type: ignore[assignment]  # older vLLM: no such class
+    return isinstance(exc, EngineDeadError) or bool(getattr(engine, "errored", False))
+
+
+DEAD_ENGINE_MESSAGE = "the model engine on this replica stopped; it is being restarted, retry shortly"
+
+
+async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
+
+
 class VLLMEngine:
     """Wraps ``vllm.AsyncLLMEngine``; streams deltas of vLLM's cumulative outputs."""
 
     def __init__(self, config: ServeAppConfig) -> None:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
-        path = local_model_path(config.base_model, Path(config.adapter_cache_dir).parent)
+        path = materialize(config.base_model, cache=Path(config.adapter_cache_dir).parent)
         self.engine: Any = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_kwargs(config, path)))
         self.max_model_len = config.engine_args.max_model_len
         self._lora_ids: dict[str, int] = {}
@@ -183,13 +255,30 @@ class VLLMEngine:
                 param="prompt",
             )
         # a TokensPrompt: the prompt is tokenized once (here, to check the context) and not again
-        params = SamplingParams(**sampling_kwargs(sampling))
+        kwargs = sampling_kwargs(sampling)
+        if "structured_outputs" in kwargs:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
+        params = SamplingParams(**kwargs)
         emitted = ""
         finished = False
         engine_prompt = {"prompt_token_ids": ids, "prompt": prompt}
         outputs = self.engine.generate(engine_prompt, params, request_id, lora_request=lora)
         try:
-            async for out in outputs:
+            try:
+                first = await anext(outputs)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:  # vLLM refuses a schema its grammar backend cannot compile
+                if _engine_dead(self.engine, exc):
+                    raise EngineUnavailable(DEAD_ENGINE_MESSAGE) from exc
+                if not sampling.constrained or not isinstance(exc, _client_errors()):
+                    raise
+                raise EngineRequestError(
+                    f"the requested output format cannot be enforced: {exc}", param="response_format"
+                ) from exc
+            async for out in _chain(first, outputs):
                 completion = out.outputs[0]
                 finished = bool(out.finished)
                 if score_only:
@@ -201,10 +290,15 @@ class VLLMEngine:
                 if delta or finished:
                     scores = self._logprobs(out, sampling) if finished else None
                     yield Chunk(delta, reason, prompt_tokens, len(completion.token_ids), logprobs=scores)
+        except Exception as exc:
+            if isinstance(exc, EngineUnavailable | EngineRequestError) or not _engine_dead(self.engine, exc):
+                raise
+            raise EngineUnavailable(DEAD_ENGINE_MESSAGE) from exc
         finally:
             # closing vLLM's stream aborts its request at once (not when the stream is collected)
             await outputs.aclose()
-            if not finished:  # the client disconnected: stop spending GPU time on it
+            # the client disconnected: stop spending GPU time on it (a dead engine has nothing to stop)
+            if not finished and not getattr(self.engine, "errored", False):
                 await self.engine.abort(request_id)
 
     def shutdown(self) -> None:

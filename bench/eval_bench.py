@@ -22,10 +22,10 @@ RESULT = ROOT / "bench" / "results" / "eval.json"
 
 
 def main() -> dict:
+    from healthnav.contracts.dataset import load_records
     from healthnav.datapipe.build import build_dataset, load_config
-    from healthnav.datapipe.dataset import load_records
     from healthnav.evaluation.embeddings import load_embedder
-    from healthnav.evaluation.engines import LocalEngine
+    from healthnav.evaluation.models import InProcessModel
     from healthnav.evaluation.pipeline import EvalConfig, run_evaluation
     from healthnav.evaluation.tasks import build_items
     from healthnav.trainer.tinymodel import create_tiny_model
@@ -55,7 +55,7 @@ def main() -> dict:
         timings["embedding_model_load_s"] = time.perf_counter() - t
 
         items = build_items(records)
-        engine = LocalEngine(model, device="cpu")
+        engine = InProcessModel.load(model, device="cpu")
         mcq = [i for i in items if i.kind == "mcq"]
         engine.loglikelihood(mcq[0].prompt, mcq[0].choices)  # warm-up
         t = time.perf_counter()

@@ -59,7 +59,7 @@ _ANSWERS = [
 
 def make_records(n: int) -> list[Any]:
     """Records whose rendered prompt + answer is 200-400 tokens with the benchmark tokenizer."""
-    from healthnav.datapipe.records import TrainingRecord
+    from healthnav.contracts.records import TrainingRecord
 
     out = []
     for i in range(n):
@@ -86,9 +86,9 @@ def make_records(n: int) -> list[Any]:
 def setup(workdir: Path, n: int, hidden: int, layers: int) -> dict[str, Any]:
     import hashlib
 
-    from healthnav.datapipe import storage
-    from healthnav.datapipe.prompts import render_example
-    from healthnav.datapipe.records import SCHEMA_VERSION
+    from healthnav.contracts import storage
+    from healthnav.contracts.prompts import render_example
+    from healthnav.contracts.records import SCHEMA_VERSION
     from healthnav.trainer.tinymodel import create_tiny_model
 
     records = make_records(n)
@@ -204,8 +204,8 @@ def run_roadmap(info: dict[str, Any], out: Path) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from healthnav.datapipe.dataset import load_records
-    from healthnav.datapipe.prompts import render_example
+    from healthnav.contracts.dataset import load_records
+    from healthnav.contracts.prompts import render_example
 
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(info["model"])
@@ -240,8 +240,8 @@ def run_trl(info: dict[str, Any], out: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from healthnav.datapipe.dataset import load_records
-    from healthnav.datapipe.prompts import render_example
+    from healthnav.contracts.dataset import load_records
+    from healthnav.contracts.prompts import render_example
 
     start = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(info["model"])

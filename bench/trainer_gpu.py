@@ -92,7 +92,7 @@ def software_versions() -> dict[str, str]:
 
 
 def write_dataset(path: Path, records: list[Any]) -> str:
-    from healthnav.datapipe.records import SCHEMA_VERSION
+    from healthnav.contracts.records import SCHEMA_VERSION
 
     data = "".join(r.model_dump_json() + "\n" for r in records).encode()
     path.mkdir(parents=True, exist_ok=True)

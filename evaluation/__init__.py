@@ -8,7 +8,7 @@ Modules (heavy libraries load only inside functions that need them):
 * :mod:`~healthnav.evaluation.pipeline` — :class:`EvalConfig` and :func:`run_evaluation`, what
   ``hnav eval`` runs; writes ``<output>/eval/{metrics.json,report.md,report.html,*.png}``.
 * :mod:`~healthnav.evaluation.tasks`, :mod:`~healthnav.evaluation.metrics`,
-  :mod:`~healthnav.evaluation.engines`, :mod:`~healthnav.evaluation.runner`,
+  :mod:`~healthnav.evaluation.models`, :mod:`~healthnav.evaluation.runner`,
   :mod:`~healthnav.evaluation.reference`, :mod:`~healthnav.evaluation.embeddings`,
   :mod:`~healthnav.evaluation.report` — the parts.
 """

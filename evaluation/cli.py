@@ -9,13 +9,13 @@ inside the command. Exit codes tell automation what happened without parsing out
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from healthnav.contracts.errors import EXIT_CONFIG_ERROR
+
 EXIT_GATES_FAILED = 3
-EXIT_CONFIG_ERROR = 78  # same value as healthnav.trainer.config.EXIT_CONFIG_ERROR (sysexits EX_CONFIG)
 
 
 def parse_gates(value: str) -> dict[str, Any]:
@@ -24,11 +24,11 @@ def parse_gates(value: str) -> dict[str, Any]:
 
     text = value
     if not value.lstrip().startswith("{"):
-        from healthnav.datapipe import storage
+        from healthnav.contracts import storage
+        from healthnav.contracts.uris import StorageURI
 
-        uri = value if "://" in value else "file://" + str(Path(value).expanduser().resolve())
         try:
-            text = storage.read_text(uri)
+            text = storage.read_text(StorageURI.parse_location(value))
         except (storage.StorageError, ValueError) as exc:
             raise ValueError(f"--gates {value}: {exc}") from exc
     try:
@@ -104,6 +104,7 @@ def eval_command(
 
     from pydantic import ValidationError
 
+    from healthnav.contracts.validation import describe_validation_error
     from healthnav.evaluation.pipeline import EvalConfig, EvaluationInputError, run_evaluation
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -134,7 +135,10 @@ def eval_command(
                 },
             }
         )
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:
+        typer.echo(f"error: invalid options: {describe_validation_error(exc)}", err=True)
+        raise typer.Exit(EXIT_CONFIG_ERROR) from exc
+    except ValueError as exc:
         typer.echo(f"error: invalid options: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG_ERROR) from exc
 

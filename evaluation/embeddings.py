@@ -28,7 +28,7 @@ class Embedder(Protocol):
 
 
 @contextmanager
-def _offline() -> Any:
+def offline() -> Any:
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -85,7 +85,7 @@ def load_embedder(path: str | None = None, device: str | None = None) -> tuple[E
     try:
         from sentence_transformers import SentenceTransformer
 
-        with _offline():
+        with offline():
             model = SentenceTransformer(str(model_dir), device=device or "cpu", local_files_only=True)
     except Exception as exc:  # a broken model must not lose the rest of the evaluation
         return None, f"semantic similarity skipped: could not load {model_dir}: {type(exc).__name__}: {exc}"

@@ -40,15 +40,8 @@ COST_METRICS: tuple[str, ...] = (
 )
 METRIC_KEYS: tuple[str, ...] = QUALITY_METRICS + COST_METRICS
 
-QualityMetric = Literal[
-    "rougeL",
-    "bleu",
-    "semanticSimilarity",
-    "mcqAccuracy",
-    "mcqAccuracyNorm",
-    "riskLevelAccuracy",
-    "redFlagRecall",
-]
+QualityMetric = Literal[QUALITY_METRICS]  # type: ignore[valid-type]
+"""A quality metric's key, as the type of fields that name one (the CRD enum comes from it)."""
 
 
 class EvaluationGates(CamelModel):
@@ -194,33 +187,55 @@ def evaluate_gates(
             else [GateCheck(metric="*", kind="completeness", passed=False, message="evaluation is partial")],
         )
 
-    checks: list[GateCheck] = []
-    if metrics.get("partial") and not gates.allow_partial:
-        checks.append(
-            GateCheck(
-                metric="*",
-                kind="completeness",
-                passed=False,
-                message="evaluation is partial (some records failed) and allowPartial is false",
-            )
+    checks = [
+        *_completeness_checks(metrics, gates),
+        *_minimum_checks(metrics, gates),
+        *_maximum_checks(metrics, gates),
+        *_regression_checks(metrics, base_metrics, gates),
+    ]
+    failures = [c for c in checks if not c.passed]
+    if failures:
+        message = "; ".join(c.message for c in failures)
+        return GateResult(passed=False, reason="GatesFailed", message=message[:1000], checks=checks)
+    return GateResult(
+        passed=True, reason="GatesPassed", message=f"all {len(checks)} gate checks passed", checks=checks
+    )
+
+
+def _completeness_checks(metrics: Mapping[str, Any], gates: EvaluationGates) -> list[GateCheck]:
+    """A partial evaluation fails unless ``allowPartial``."""
+    if not metrics.get("partial") or gates.allow_partial:
+        return []
+    return [
+        GateCheck(
+            metric="*",
+            kind="completeness",
+            passed=False,
+            message="evaluation is partial (some records failed) and allowPartial is false",
         )
+    ]
 
-    def coverage_ok(key: str) -> bool:
-        n = _count(metrics, key)
-        if n is not None and n < gates.min_examples:
-            checks.append(
-                GateCheck(
-                    metric=key,
-                    kind="coverage",
-                    threshold=gates.min_examples,
-                    value=n,
-                    passed=False,
-                    message=f"{key} measured on {n} examples, fewer than minExamples={gates.min_examples}",
-                )
-            )
-            return False
-        return True
 
+def _coverage_checks(metrics: Mapping[str, Any], key: str, min_examples: int) -> list[GateCheck]:
+    """A failed coverage check when ``key`` was measured on fewer than ``min_examples`` records."""
+    n = _count(metrics, key)
+    if n is None or n >= min_examples:
+        return []
+    return [
+        GateCheck(
+            metric=key,
+            kind="coverage",
+            threshold=min_examples,
+            value=n,
+            passed=False,
+            message=f"{key} measured on {n} examples, fewer than minExamples={min_examples}",
+        )
+    ]
+
+
+def _minimum_checks(metrics: Mapping[str, Any], gates: EvaluationGates) -> list[GateCheck]:
+    """Each quality minimum: an unmeasured metric fails; a measured one is checked for coverage too."""
+    checks: list[GateCheck] = []
     for key, minimum in gates.minimums().items():
         value = _num(metrics, key)
         if value is None:
@@ -234,7 +249,7 @@ def evaluate_gates(
                 )
             )
             continue
-        coverage_ok(key)
+        checks.extend(_coverage_checks(metrics, key, gates.min_examples))
         ok = value >= minimum
         checks.append(
             GateCheck(
@@ -246,7 +261,12 @@ def evaluate_gates(
                 message=f"{key} {value:.4f} {'>=' if ok else '<'} minimum {minimum:.4f}",
             )
         )
+    return checks
 
+
+def _maximum_checks(metrics: Mapping[str, Any], gates: EvaluationGates) -> list[GateCheck]:
+    """Each latency/cost maximum: an unmeasured metric fails."""
+    checks: list[GateCheck] = []
     for key, maximum in gates.maximums().items():
         value = _num(metrics, key)
         ok = value is not None and value <= maximum
@@ -262,41 +282,32 @@ def evaluate_gates(
                 else f"{key} {value:.4g} {'<=' if ok else '>'} maximum {maximum:.4g}",
             )
         )
+    return checks
 
-    if gates.max_regression_vs_base is not None:
-        bound = gates.max_regression_vs_base
-        if base_metrics is None:
-            checks.append(
-                GateCheck(
-                    metric="*",
-                    kind="regression",
-                    threshold=bound,
-                    passed=False,
-                    message="maxRegressionVsBase is set but the base model was not evaluated",
-                )
+
+def _regression_checks(
+    metrics: Mapping[str, Any], base_metrics: Mapping[str, Any] | None, gates: EvaluationGates
+) -> list[GateCheck]:
+    """The candidate against the base model, per quality metric, within ``maxRegressionVsBase``."""
+    bound = gates.max_regression_vs_base
+    if bound is None:
+        return []
+    if base_metrics is None:
+        return [
+            GateCheck(
+                metric="*",
+                kind="regression",
+                threshold=bound,
+                passed=False,
+                message="maxRegressionVsBase is set but the base model was not evaluated",
             )
-        else:
-            wanted = list(gates.regression_metrics or QUALITY_METRICS)
-            compared = 0
-            for key in wanted:
-                value, base = _num(metrics, key), _num(base_metrics, key)
-                if value is None or base is None:
-                    if gates.regression_metrics is not None:
-                        checks.append(
-                            GateCheck(
-                                metric=key,
-                                kind="regression",
-                                threshold=bound,
-                                value=value,
-                                baseline=base,
-                                passed=False,
-                                message=f"{key} not measured for both candidate and base",
-                            )
-                        )
-                    continue
-                compared += 1
-                drop = base - value
-                ok = drop <= bound + 1e-12
+        ]
+    checks: list[GateCheck] = []
+    compared = 0
+    for key in list(gates.regression_metrics or QUALITY_METRICS):
+        value, base = _num(metrics, key), _num(base_metrics, key)
+        if value is None or base is None:
+            if gates.regression_metrics is not None:
                 checks.append(
                     GateCheck(
                         metric=key,
@@ -304,26 +315,34 @@ def evaluate_gates(
                         threshold=bound,
                         value=value,
                         baseline=base,
-                        passed=ok,
-                        message=f"{key} {value:.4f} vs base {base:.4f}: "
-                        + (f"within {bound:.4f}" if ok else f"regressed by {drop:.4f} > {bound:.4f}"),
-                    )
-                )
-            if compared == 0 and gates.regression_metrics is None:
-                checks.append(
-                    GateCheck(
-                        metric="*",
-                        kind="regression",
-                        threshold=bound,
                         passed=False,
-                        message="no quality metric was measured for both candidate and base",
+                        message=f"{key} not measured for both candidate and base",
                     )
                 )
-
-    failures = [c for c in checks if not c.passed]
-    if failures:
-        message = "; ".join(c.message for c in failures)
-        return GateResult(passed=False, reason="GatesFailed", message=message[:1000], checks=checks)
-    return GateResult(
-        passed=True, reason="GatesPassed", message=f"all {len(checks)} gate checks passed", checks=checks
-    )
+            continue
+        compared += 1
+        drop = base - value
+        ok = drop <= bound + 1e-12
+        checks.append(
+            GateCheck(
+                metric=key,
+                kind="regression",
+                threshold=bound,
+                value=value,
+                baseline=base,
+                passed=ok,
+                message=f"{key} {value:.4f} vs base {base:.4f}: "
+                + (f"within {bound:.4f}" if ok else f"regressed by {drop:.4f} > {bound:.4f}"),
+            )
+        )
+    if compared == 0 and gates.regression_metrics is None:
+        checks.append(
+            GateCheck(
+                metric="*",
+                kind="regression",
+                threshold=bound,
+                passed=False,
+                message="no quality metric was measured for both candidate and base",
+            )
+        )
+    return checks

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
+from healthnav.contracts.prompts import RISK_LEVELS, parse_assessment_output
 from healthnav.schema import CamelModel
 
 
@@ -131,6 +132,14 @@ class CostModel(CamelModel):
 def estimate_tokens(text: str) -> int:
     """Token count when the true tokenizer is unknown (API reference answers): ~4 chars a token."""
     return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def assessment_parses(text: str) -> bool:
+    """Does a generated assessment carry everything the app shows: a valid risk level, an assessment
+    text and at least one recommendation? (What the serving layer's structured output guarantees;
+    measured on the model's own unconstrained text, it says how well the model learnt the format.)"""
+    parsed = parse_assessment_output(text)
+    return parsed.risk_level in RISK_LEVELS and bool(parsed.assessment) and bool(parsed.recommendations)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ Columns of the comparison:
   through the same endpoint), the yardstick of "no worse than base";
 * ``reference`` — recorded answers of the API being replaced (JSONL, no network).
 
-Artifacts, under ``<output>/eval/`` through :mod:`healthnav.datapipe.storage` (s3:// or
+Artifacts, under ``<output>/eval/`` (:class:`~healthnav.contracts.run_output.RunOutput`) through
+:mod:`healthnav.contracts.storage` (s3:// or
 file://): ``metrics.json`` (layout below), ``report.md``, ``report.html``, ``metrics.png``,
 ``latency.png``, ``predictions.jsonl``. ``metrics.json``::
 
@@ -18,24 +19,28 @@ file://): ``metrics.json`` (layout below), ``report.md``, ``report.html``, ``met
      "candidate": {...}, "base": {...} | null, "reference": {...} | null,   # full metrics
      "models": {"candidate": name, ...}, "gates": GateResult, "gatesConfig": {...}, "notes": [...]}
 
-A failure to load the dataset or the reference file raises :class:`EvaluationInputError`
-before any model is loaded; model failures during scoring make results partial instead.
+A failure to load the dataset, the models or the reference file raises
+:class:`EvaluationInputError` (a configuration error: ``hnav eval`` exits 78) before any model is
+scored; model failures during scoring make results partial instead. Model URIs become local
+directories through :func:`healthnav.contracts.models.materialize`, the trainer's cache.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from healthnav.datapipe import storage
+from healthnav.contracts import storage
+from healthnav.contracts.errors import ConfigurationError
+from healthnav.contracts.models import ADAPTER_CONFIG, MODEL_CONFIG
+from healthnav.contracts.run_output import RunOutput
+from healthnav.contracts.uris import StorageURI
 from healthnav.evaluation.gates import EvaluationGates, GateResult, evaluate_gates
 from healthnav.evaluation.metrics import CostModel
 from healthnav.evaluation.runner import ModelEvaluation
@@ -45,10 +50,9 @@ from healthnav.schema import CamelModel
 log = logging.getLogger(__name__)
 
 METRICS_SCHEMA_VERSION = "1"
-EVAL_DIR = "eval/"
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(ConfigurationError):
     """The dataset, reference file or configuration is unusable; the message names what and where."""
 
 
@@ -112,7 +116,7 @@ class EvalOutcome(CamelModel):
 
 def load_items(dataset: str, max_examples: int | None = None) -> list[EvalItem]:
     """The test split as evaluation items; every problem becomes an :class:`EvaluationInputError`."""
-    from healthnav.datapipe.dataset import DatasetError, iter_records
+    from healthnav.contracts.dataset import DatasetError, iter_records
     from healthnav.evaluation.tasks import TaskError, build_items
 
     try:
@@ -129,29 +133,14 @@ def load_items(dataset: str, max_examples: int | None = None) -> list[EvalItem]:
     return items
 
 
-def local_dir(uri: str, cache: Path, name: str) -> str:
-    """A path transformers can open: local paths as they are, s3:// mirrored, hub ids unchanged."""
-    if storage.is_hub_id(uri):
-        return uri
-    if "://" not in uri:
-        path = Path(uri).expanduser()
-        if not path.exists():
-            raise EvaluationInputError(f"{name} {uri}: no such directory")
-        return str(path)
+def local_model(uri: str, field: str, required: str) -> str:
+    """A directory (or hub id) for a model or adapter URI, through the platform's one cache."""
+    from healthnav.contracts.models import ModelSourceError, materialize
+
     try:
-        parsed = storage.StorageURI.parse(uri)
-    except ValueError as exc:
-        raise EvaluationInputError(f"{name}: {exc}") from exc
-    if parsed.scheme == "file":
-        if not parsed.local_path.exists():
-            raise EvaluationInputError(f"{name} {uri}: no such directory")
-        return str(parsed.local_path)
-    dest = cache / name
-    try:
-        storage.download_dir(parsed, dest)
-    except storage.StorageError as exc:
-        raise EvaluationInputError(f"{name} {uri}: {exc}") from exc
-    return str(dest)
+        return materialize(uri, field=field, required=required)
+    except ModelSourceError as exc:
+        raise EvaluationInputError(str(exc)) from exc
 
 
 def flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -178,12 +167,9 @@ def write_artifacts(
     from healthnav.evaluation.runner import results_jsonl
 
     try:
-        base = storage.StorageURI.parse(
-            output if "://" in output else "file://" + str(Path(output).resolve())
-        )
+        eval_dir = RunOutput(StorageURI.parse_location(output).as_prefix()).eval_dir
     except ValueError as exc:
         raise EvaluationInputError(f"output: {exc}") from exc
-    eval_dir = base.as_prefix().join(EVAL_DIR)
     created = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     by_label = {m.label: m for m in models}
     candidate = by_label["candidate"]
@@ -226,9 +212,9 @@ def write_artifacts(
     storage.write_text(eval_dir.join("report.md"), markdown, "text/markdown; charset=utf-8")
     storage.write_text(eval_dir.join("report.html"), report.render_html(markdown), "text/html; charset=utf-8")
     # metrics.json last: a reader that finds it finds the report and plots too.
-    storage.write_text(eval_dir.join("metrics.json"), json.dumps(doc, indent=2) + "\n", "application/json")
+    storage.write_text(eval_dir.join(RunOutput.METRICS), json.dumps(doc, indent=2) + "\n", "application/json")
     written += [
-        str(eval_dir.join(n)) for n in ("predictions.jsonl", "report.md", "report.html", "metrics.json")
+        str(eval_dir.join(n)) for n in ("predictions.jsonl", "report.md", "report.html", RunOutput.METRICS)
     ]
     return written
 
@@ -239,9 +225,10 @@ def run_evaluation(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvalOutcome:
     """Evaluate, compare, gate and store; see the module docstring for what goes where."""
+    from healthnav.evaluation.bertscore import load_bert_scorer
     from healthnav.evaluation.embeddings import load_embedder
-    from healthnav.evaluation.engines import EndpointEngine, LocalEngine
-    from healthnav.evaluation.reference import ReferenceError, ReferenceIndex, load_reference
+    from healthnav.evaluation.models import EndpointModel, InProcessModel
+    from healthnav.evaluation.reference import ReferenceFileError, ReferenceIndex, load_reference
     from healthnav.evaluation.runner import evaluate_engine, evaluate_reference
 
     items = load_items(config.dataset, config.max_examples)
@@ -249,13 +236,15 @@ def run_evaluation(
     if config.reference:
         try:
             reference = ReferenceIndex.build(load_reference(config.reference))
-        except ReferenceError as exc:
+        except ReferenceFileError as exc:
             raise EvaluationInputError(str(exc)) from exc
 
     embedder, embed_note = load_embedder(config.embedding_model)
-    notes = [embed_note]
+    bertscorer, bertscore_note = load_bert_scorer(config.device)
+    notes = [embed_note, bertscore_note]
     kwargs: dict[str, Any] = dict(
         embedder=embedder,
+        bertscorer=bertscorer,
         cost=config.cost,
         max_new_tokens=config.max_new_tokens,
         max_consecutive_failures=config.max_consecutive_failures,
@@ -265,51 +254,48 @@ def run_evaluation(
     def step(label: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: progress(label, done, total)) if progress else None
 
-    # Each engine is built just before it runs and dropped after, so two 7B models never share memory.
+    # Each model is loaded just before it runs and dropped after, so two 7B models never share memory.
+    base_dir = local_model(config.base_model, "baseModel", MODEL_CONFIG) if config.base_model else None
+    adapter_dir = local_model(config.adapter, "adapter", ADAPTER_CONFIG) if config.adapter else None
+    timeout = config.timeout_seconds
     plan: list[tuple[str, Callable[[], Any]]] = []
-    with tempfile.TemporaryDirectory(prefix="hnav-eval-") as tmp:
-        cache = Path(tmp)
-        base_dir = local_dir(config.base_model, cache, "base-model") if config.base_model else None
-        adapter_dir = local_dir(config.adapter, cache, "adapter") if config.adapter else None
-        timeout = config.timeout_seconds
-        if not config.skip_base and (config.endpoint or adapter_dir):
-            if config.endpoint and config.endpoint_base_model:
-                name = config.endpoint_base_model
-                plan.append(("base", lambda: EndpointEngine(config.endpoint or "", name, timeout_s=timeout)))
-            elif base_dir is not None:
-                plan.append(
-                    ("base", lambda: LocalEngine(base_dir, device=config.device, name=config.base_model))
-                )
-        if config.endpoint:
+    if not config.skip_base and (config.endpoint or adapter_dir):
+        if config.endpoint and config.endpoint_base_model:
+            name = config.endpoint_base_model
+            plan.append(("base", lambda: EndpointModel(config.endpoint or "", name, timeout_s=timeout)))
+        elif base_dir is not None:
             plan.append(
-                (
-                    "candidate",
-                    lambda: EndpointEngine(config.endpoint or "", config.model or "", timeout_s=timeout),
-                )
+                ("base", lambda: InProcessModel.load(base_dir, device=config.device, name=config.base_model))
             )
-        elif adapter_dir is not None:
-            plan.append(
-                (
-                    "candidate",
-                    lambda: LocalEngine(
-                        base_dir or "", adapter_dir, device=config.device, name=config.adapter
-                    ),
-                )
+    if config.endpoint:
+        plan.append(
+            ("candidate", lambda: EndpointModel(config.endpoint or "", config.model or "", timeout_s=timeout))
+        )
+    elif adapter_dir is not None:
+        plan.append(
+            (
+                "candidate",
+                lambda: InProcessModel.load(
+                    base_dir or "", adapter_dir, device=config.device, name=config.adapter
+                ),
             )
-        else:
-            plan.append(
-                (
-                    "candidate",
-                    lambda: LocalEngine(base_dir or "", device=config.device, name=config.base_model),
-                )
+        )
+    else:
+        plan.append(
+            (
+                "candidate",
+                lambda: InProcessModel.load(base_dir or "", device=config.device, name=config.base_model),
             )
-        models: list[ModelEvaluation] = []
-        for label, make in plan:
-            engine = make()
-            models.append(evaluate_engine(label, engine, items, progress=step(label), **kwargs))
-            del engine
+        )
+    models: list[ModelEvaluation] = []
+    for label, make in plan:
+        model = make()
+        models.append(evaluate_engine(label, model, items, progress=step(label), **kwargs))
+        del model
     if reference is not None:
-        models.append(evaluate_reference(items, reference, embedder=embedder, cost=config.cost))
+        models.append(
+            evaluate_reference(items, reference, embedder=embedder, bertscorer=bertscorer, cost=config.cost)
+        )
 
     by_label = {m.label: m for m in models}
     candidate = by_label["candidate"]

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 
 from pydantic import Field, ValidationError
 
-from healthnav.datapipe import storage
+from healthnav.contracts import storage
+from healthnav.contracts.errors import ConfigurationError
+from healthnav.contracts.uris import StorageURI
+from healthnav.contracts.validation import describe_validation_error
 from healthnav.evaluation.tasks import EvalItem
 from healthnav.schema import CamelModel
 
 
-class ReferenceError(ValueError):
+class ReferenceFileError(ConfigurationError):
     """The reference file is unreadable or a line is invalid; the message names the line."""
 
 
@@ -49,24 +52,21 @@ def parse_reference(text: str, *, source: str = "reference") -> list[ReferenceAn
         try:
             answers.append(ReferenceAnswer.model_validate_json(line))
         except ValidationError as exc:
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) or "line" for e in exc.errors())
-            raise ReferenceError(
-                f"{source} line {lineno}: invalid reference answer ({fields}): {exc.errors()[0]['msg']}"
-            ) from exc
+            problems = describe_validation_error(exc)
+            raise ReferenceFileError(f"{source} line {lineno}: invalid reference answer: {problems}") from exc
     if not answers:
-        raise ReferenceError(f"{source}: no reference answers")
+        raise ReferenceFileError(f"{source}: no reference answers")
     return answers
 
 
 def load_reference(uri: str) -> list[ReferenceAnswer]:
     """Read a reference JSONL from a path, file:// or s3:// URI."""
-    target = uri if "://" in uri else "file://" + str(__import__("pathlib").Path(uri).expanduser().resolve())
     try:
-        text = storage.read_text(target)
+        text = storage.read_text(StorageURI.parse_location(uri))
     except (storage.StorageError, ValueError) as exc:
-        raise ReferenceError(f"reference file {uri}: {exc}") from exc
+        raise ReferenceFileError(f"reference file {uri}: {exc}") from exc
     except UnicodeDecodeError as exc:
-        raise ReferenceError(f"reference file {uri}: not UTF-8 text") from exc
+        raise ReferenceFileError(f"reference file {uri}: not UTF-8 text") from exc
     return parse_reference(text, source=uri)
 
 

@@ -19,9 +19,11 @@ QUALITY_ROWS: tuple[tuple[str, str], ...] = (
     ("rougeL", "ROUGE-L F1"),
     ("bleu", "BLEU (/100)"),
     ("semanticSimilarity", "Semantic similarity"),
+    ("bertScore", "BERTScore F1"),
     ("mcqAccuracy", "MCQ accuracy"),
     ("mcqAccuracyNorm", "MCQ accuracy (length-normalised)"),
     ("riskLevelAccuracy", "Risk-level accuracy"),
+    ("assessmentParseRate", "Assessment parse rate (unconstrained)"),
     ("redFlagRecall", "Red-flag recall (model)"),
     ("redFlagRecallWithRules", "Red-flag recall (model + rules)"),
 )
@@ -186,13 +188,17 @@ def render_markdown(
         "",
         "## Method",
         "",
-        "- Prompts are rendered with `healthnav.datapipe.prompts.render_prompt`, as in training and serving; "
-        "greedy decoding.",
+        "- Prompts are rendered with `healthnav.contracts.prompts.render_prompt`, as in training and "
+        "serving; greedy decoding.",
         "- Multiple choice (MedQA, MedMCQA, PubMedQA): the option with the highest summed log-probability "
         "of its continuation (`acc`), and the same divided by the option's length in chars (`acc_norm`), "
         "as lm-evaluation-harness does. API answers are scored by the option they name.",
         "- ROUGE-L (rouge-score, F1 with stemming), BLEU (sacrebleu corpus BLEU / 100), semantic similarity "
-        "(cosine of sentence embeddings).",
+        "(cosine of sentence embeddings), BERTScore F1 (bert-score over all-MiniLM-L6-v2, layer 5 of 6, no "
+        "idf, no baseline rescaling).",
+        "- Assessment parse rate: the share of triage answers, generated without constraints, that carry a "
+        "valid risk level, an assessment and recommendations (the server's structured output guarantees "
+        "all three; this measures how well the model itself learnt the format).",
         "- Risk level parsed with `parse_assessment_output`; red-flag recall is the share of emergency "
         'records the model escalates itself ("+ rules": or the server\'s deterministic red-flag rules do).',
         "- Cost per query: self-hosted = GPU $/hour x latency / concurrency; API = its per-token prices.",

@@ -18,11 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from healthnav.datapipe.prompts import parse_assessment_output
+from healthnav.contracts.prompts import parse_assessment_output
+from healthnav.evaluation.bertscore import BertScorer
 from healthnav.evaluation.embeddings import Embedder
-from healthnav.evaluation.engines import Engine, EngineError, LoglikelihoodUnsupported
 from healthnav.evaluation.metrics import (
     CostModel,
+    assessment_parses,
     bleu,
     choice_from_text,
     estimate_tokens,
@@ -32,6 +33,7 @@ from healthnav.evaluation.metrics import (
     rouge_l,
     triage_scores,
 )
+from healthnav.evaluation.models import EvaluatedModel, LoglikelihoodUnsupported, ModelError
 from healthnav.evaluation.reference import ReferenceIndex
 from healthnav.evaluation.tasks import EvalItem
 
@@ -58,6 +60,8 @@ class ItemResult:
     gold: int | None = None
     option_logprobs: list[float] | None = None
     risk_pred: str | None = None
+    parsed: bool | None = None
+    """Triage only: the answer has a valid risk level, an assessment and recommendations."""
     risk_gold: str | None = None
     rule_escalated: bool | None = None
     error: str | None = None
@@ -96,7 +100,7 @@ def _rule_escalates(item: EvalItem) -> bool:
 
 
 def _score_item(
-    engine: Engine, item: EvalItem, max_new_tokens: int, cost: CostModel, state: dict[str, Any]
+    engine: EvaluatedModel, item: EvalItem, max_new_tokens: int, cost: CostModel, state: dict[str, Any]
 ) -> ItemResult:
     result = ItemResult(id=item.id, kind=item.kind, gold=item.gold, risk_gold=item.risk_level)
     if item.kind == "mcq":
@@ -124,16 +128,18 @@ def _score_item(
     result.cost_usd = cost.self_hosted(gen.total_s)
     if item.kind == "triage":
         result.risk_pred = parse_assessment_output(gen.text).risk_level
+        result.parsed = assessment_parses(gen.text)
         result.rule_escalated = _rule_escalates(item)
     return result
 
 
 def evaluate_engine(
     label: str,
-    engine: Engine,
+    engine: EvaluatedModel,
     items: Sequence[EvalItem],
     *,
     embedder: Embedder | None = None,
+    bertscorer: BertScorer | None = None,
     cost: CostModel | None = None,
     max_new_tokens: int = 256,
     max_consecutive_failures: int = 3,
@@ -165,7 +171,7 @@ def evaluate_engine(
         try:
             results.append(_score_item(engine, item, max_new_tokens, cost, state))
             consecutive = 0
-        except (EngineError, TimeoutError, RuntimeError) as exc:
+        except (ModelError, TimeoutError, RuntimeError) as exc:
             consecutive += 1
             message = f"{type(exc).__name__}: {exc}"
             log.warning("%s: item %d of %d failed: %s", label, index + 1, len(items), message)
@@ -180,7 +186,7 @@ def evaluate_engine(
         if progress:
             progress(index + 1, len(items))
     method = "loglikelihood" if state["loglikelihood"] else "generated"
-    metrics = aggregate(results, items, embedder=embedder, mcq_method=method)
+    metrics = aggregate(results, items, embedder=embedder, bertscorer=bertscorer, mcq_method=method)
     return ModelEvaluation(
         label=label, name=engine.name, metrics=metrics, results=results, notes=state["notes"]
     )
@@ -191,6 +197,7 @@ def evaluate_reference(
     index: ReferenceIndex,
     *,
     embedder: Embedder | None = None,
+    bertscorer: BertScorer | None = None,
     cost: CostModel | None = None,
     name: str = "api-reference",
 ) -> ModelEvaluation:
@@ -221,8 +228,11 @@ def evaluate_reference(
             r.choice = r.choice_norm = choice_from_text(ref.answer, item.labels, item.choices)
         elif item.kind == "triage":
             r.risk_pred = parse_assessment_output(ref.answer).risk_level
+            r.parsed = assessment_parses(ref.answer)
         results.append(r)
-    metrics = aggregate(results, covered, embedder=embedder, mcq_method="generated", all_queries=True)
+    metrics = aggregate(
+        results, covered, embedder=embedder, bertscorer=bertscorer, mcq_method="generated", all_queries=True
+    )
     notes = [f"reference answers cover {len(covered)} of {len(items)} test records"]
     if len(covered) < len(items):
         metrics["coverage"] = len(covered) / len(items) if items else 0.0
@@ -236,8 +246,9 @@ def aggregate(
     embedder: Embedder | None,
     mcq_method: str,
     all_queries: bool = False,
+    bertscorer: BertScorer | None = None,
 ) -> dict[str, Any]:
-    """Flat metrics dict (the keys gates compare on) from per-item results; pure but for the embedder.
+    """Flat metrics dict (the keys gates compare on) from per-item results; pure but for the scorers.
 
     Latency and cost are per generated answer; ``all_queries`` counts every answered item instead
     (the API reference, whose multiple-choice answers were generated too).
@@ -253,6 +264,7 @@ def aggregate(
         "rougeL": rouge_l(preds, refs),
         "bleu": bleu(preds, refs),
         "semanticSimilarity": mean(embedder.similarity(preds, refs)) if embedder and gen else None,
+        "bertScore": mean(bertscorer.f1(preds, refs)) if bertscorer and gen else None,
         "mcqAccuracy": mean([float(r.choice == r.gold) for r in mcq]),
         "mcqAccuracyNorm": mean([float(r.choice_norm == r.gold) for r in mcq]),
         "mcqMethod": mcq_method if mcq else None,
@@ -260,6 +272,7 @@ def aggregate(
     scores = triage_scores([r.risk_gold or "" for r in triage], [r.risk_pred for r in triage])
     metrics["riskLevelAccuracy"] = scores.risk_level_accuracy
     metrics["redFlagRecall"] = scores.red_flag_recall
+    metrics["assessmentParseRate"] = mean([float(bool(r.parsed)) for r in triage]) if triage else None
     flagged = [r for r in triage if r.risk_gold == "emergency" and r.rule_escalated is not None]
     metrics["redFlagRecallWithRules"] = (
         mean([float(r.risk_pred == "emergency" or bool(r.rule_escalated)) for r in flagged])
@@ -285,6 +298,8 @@ def aggregate(
         "rougeL": len(gen),
         "bleu": len(gen),
         "semanticSimilarity": len(gen) if metrics["semanticSimilarity"] is not None else 0,
+        "bertScore": len(gen) if metrics["bertScore"] is not None else 0,
+        "assessmentParseRate": len(triage),
         "mcqAccuracy": len(mcq),
         "mcqAccuracyNorm": len(mcq),
         "riskLevelAccuracy": scores.n,

@@ -10,7 +10,7 @@ The record's ``metadata.task`` (written by datapipe's readers) decides the kind 
   :func:`parse_assessment_output` the server uses; emergencies are the red-flag cases.
 * anything else: open-ended generation scored with ROUGE-L, BLEU and semantic similarity.
 
-Prompts come only from :func:`healthnav.datapipe.prompts.render_prompt`, the function the
+Prompts come only from :func:`healthnav.contracts.prompts.render_prompt`, the function the
 trainer and the server use, so evaluation measures the prompt the model actually sees.
 """
 
@@ -20,15 +20,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from healthnav.datapipe.prompts import RISK_LEVELS, parse_assessment_output, render_prompt
-from healthnav.datapipe.readers import format_mcq_output
-from healthnav.datapipe.records import TrainingRecord
+from healthnav.contracts.errors import ConfigurationError
+from healthnav.contracts.prompts import RISK_LEVELS, format_mcq_output, parse_assessment_output, render_prompt
+from healthnav.contracts.records import TrainingRecord
 
 TaskKind = Literal["generation", "triage", "mcq"]
 YESNO_OPTIONS: tuple[str, ...] = ("yes", "no", "maybe")
 
 
-class TaskError(ValueError):
+class TaskError(ConfigurationError):
     """A test record cannot be evaluated as its metadata claims; the message names the record."""
 
 

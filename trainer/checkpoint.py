@@ -20,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from healthnav.datapipe import storage
+from healthnav.contracts import storage
+from healthnav.contracts.run_output import RunOutput
+from healthnav.contracts.uris import StorageURI
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +58,19 @@ def step_dir_name(step: int) -> str:
 
 
 def save_checkpoint(
-    output: storage.StorageURI,
+    run: RunOutput,
     *,
     model: Any,
     optimizer: Any,
     scheduler: Any,
     rng_state: dict[str, Any],
     state: TrainState,
-) -> storage.StorageURI:
-    """Write a checkpoint for ``state.step`` under ``<output>/checkpoints/`` and point latest at it."""
+) -> StorageURI:
+    """Write a checkpoint for ``state.step`` under the run's ``checkpoints/`` and point latest at it."""
     import torch
 
     name = step_dir_name(state.step)
-    target = output.join("checkpoints", name + "/")
+    target = run.checkpoints.join(name + "/")
     with tempfile.TemporaryDirectory(prefix="hnav-ckpt-") as tmp:
         local = Path(tmp)
         model.save_pretrained(local / "adapter", safe_serialization=True)
@@ -78,7 +80,7 @@ def save_checkpoint(
         (local / STATE).write_text(state.to_json())
         storage.upload_dir(local, target, last=(STATE,))
     storage.write_text(
-        output.join("checkpoints", LATEST),
+        run.checkpoints.join(LATEST),
         json.dumps({"step": state.step, "path": name + "/"}),
         content_type="application/json",
     )
@@ -86,14 +88,14 @@ def save_checkpoint(
     return target
 
 
-def find_latest(output: storage.StorageURI) -> tuple[int, storage.StorageURI] | None:
+def find_latest(run: RunOutput) -> tuple[int, StorageURI] | None:
     """(step, uri) of the newest complete checkpoint, or None for a fresh run."""
-    pointer = output.join("checkpoints", LATEST)
+    pointer = run.checkpoints.join(LATEST)
     try:
         raw = json.loads(storage.read_text(pointer))
     except storage.StorageError:
         return None
-    return int(raw["step"]), output.join("checkpoints", raw["path"])
+    return int(raw["step"]), run.checkpoints.join(raw["path"])
 
 
 @dataclass
@@ -109,7 +111,7 @@ class LoadedCheckpoint:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def load_checkpoint(uri: storage.StorageURI) -> LoadedCheckpoint:
+def load_checkpoint(uri: StorageURI) -> LoadedCheckpoint:
     import torch
 
     workdir = Path(tempfile.mkdtemp(prefix="hnav-resume-"))

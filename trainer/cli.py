@@ -14,10 +14,11 @@ from typing import Any
 
 import typer
 
-from healthnav.trainer.config import EXIT_CONFIG_ERROR, TERMINATION_LOG, TrainerConfig
+from healthnav.contracts.errors import EXIT_CONFIG_ERROR, ConfigurationError
+from healthnav.trainer.config import TERMINATION_LOG, TrainerConfig
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ConfigurationError):
     """The config file is unreadable or does not match the TrainerConfig schema."""
 
 
@@ -25,6 +26,8 @@ def load_config(path: Path) -> TrainerConfig:
     """Parse YAML or JSON into a TrainerConfig; errors name the file and each offending field."""
     import yaml
     from pydantic import ValidationError
+
+    from healthnav.contracts.validation import describe_validation_error
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -41,9 +44,7 @@ def load_config(path: Path) -> TrainerConfig:
     try:
         return TrainerConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = describe_validation_error(exc)
         raise ConfigFileError(f"{path}: invalid trainer config: {problems}") from exc
 
 

@@ -14,15 +14,12 @@ from pydantic import Field, model_validator
 from healthnav.evaluation.gates import EvaluationGates
 from healthnav.schema import CamelModel
 
-# Exit codes of `hnav train`. The operator's podFailurePolicy fails a Job at once on
-# EXIT_CONFIG_ERROR (retrying a bad config or corrupt dataset only burns GPU hours);
-# anything else non-zero is retried up to backoffLimit.
-EXIT_OK = 0
-EXIT_RETRYABLE = 1
-EXIT_CONFIG_ERROR = 78  # sysexits.h EX_CONFIG
-EXIT_PREEMPTED = 143  # SIGTERM: checkpoint written, resume on the next pod
-
 TERMINATION_LOG = "/dev/termination-log"
+"""Where the trainer writes its one-line result; Kubernetes reports it as the pod's termination message.
+
+Exit codes are the platform's (:mod:`healthnav.contracts.errors`): 78 for a configuration or data
+error (the operator's podFailurePolicy fails the Job at once), 143 when preempted, 1 otherwise.
+"""
 
 
 class LoraSpec(CamelModel):

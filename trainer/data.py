@@ -3,7 +3,7 @@
 Three pure steps, each testable alone:
 
 1. :func:`tokenize_record` renders a record with the shared prompt contract
-   (:func:`healthnav.datapipe.prompts.render_example`), tokenises prompt and completion
+   (:func:`healthnav.contracts.prompts.render_example`), tokenises prompt and completion
    separately (the server tokenises the prompt the same way before generating), appends EOS to
    the completion and marks only completion tokens as training targets.
 2. :func:`build_plan` decides, from the example lengths, the seed and the batch settings alone,
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from healthnav.datapipe.prompts import render_example
-from healthnav.datapipe.records import TrainingRecord
+from healthnav.contracts.prompts import render_example
+from healthnav.contracts.records import TrainingRecord
 
 IGNORE_INDEX = -100
 

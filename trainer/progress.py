@@ -1,12 +1,10 @@
 """Progress reporting: JSON lines on stdout, and the FineTuneJob's progress ConfigMap.
 
 The trainer pod may patch exactly one ConfigMap (its Role is limited by resourceNames), whose
-``data.progress`` holds a JSON string with the same keys as ``FineTuneJob.status.progress``; the
-operator mirrors it into the status. Reporting must never break training: an API server that
-is down, a missing RBAC rule or an absent kubeconfig cost a warning, not the run. Patches are
-throttled so a fast trainer does not hammer the API server.
-
-:func:`build_progress_payload` is pure so the operator's tests can check the contract.
+``data.progress`` holds the :class:`~healthnav.contracts.progress.TrainingProgress` payload the
+operator mirrors into ``FineTuneJob.status.progress``. Reporting must never break training: an
+API server that is down, a missing RBAC rule or an absent kubeconfig cost a warning, not the
+run. Patches are throttled so a fast trainer does not hammer the API server.
 """
 
 from __future__ import annotations
@@ -18,54 +16,10 @@ import sys
 import time
 from typing import Any, TextIO
 
+from healthnav.contracts.progress import TrainingProgress
 from healthnav.trainer.config import ProgressTarget
 
 log = logging.getLogger(__name__)
-
-PROGRESS_KEY = "progress"
-"""Key in the ConfigMap's ``data`` holding the JSON payload."""
-STATUS_KEYS = ("percent", "step", "totalSteps", "epoch", "loss", "tokensPerSecond", "etaSeconds")
-"""Keys of FineTuneJob.status.progress, in order."""
-
-
-def _finite(value: float | None, digits: int) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return round(float(value), digits)
-
-
-def build_progress_payload(
-    *,
-    step: int,
-    total_steps: int,
-    epoch: float,
-    loss: float | None,
-    tokens_per_second: float | None,
-    eta_seconds: float | None,
-) -> dict[str, Any]:
-    """The FineTuneJob ``status.progress`` object for a point in training.
-
-    ``percent`` is a whole-step fraction (0-100, one decimal); non-finite numbers become null so
-    the payload is always valid JSON for the API server.
-    """
-    total = max(int(total_steps), 1)
-    step = min(max(int(step), 0), total)
-    return {
-        "percent": round(100.0 * step / total, 1),
-        "step": step,
-        "totalSteps": total,
-        "epoch": round(float(epoch), 3),
-        "loss": _finite(loss, 4),
-        "tokensPerSecond": _finite(tokens_per_second, 1),
-        "etaSeconds": None
-        if eta_seconds is None or not math.isfinite(eta_seconds)
-        else max(0, round(eta_seconds)),
-    }
-
-
-def configmap_patch_body(payload: dict[str, Any]) -> dict[str, Any]:
-    """Strategic-merge patch that sets only ``data.progress`` (other keys, e.g. the config, stay)."""
-    return {"data": {PROGRESS_KEY: json.dumps(payload, separators=(",", ":"))}}
 
 
 class ConfigMapProgressReporter:
@@ -90,7 +44,7 @@ class ConfigMapProgressReporter:
             self._api = client.CoreV1Api()
         return self._api
 
-    def report(self, payload: dict[str, Any], *, force: bool = False) -> bool:
+    def report(self, progress: TrainingProgress, *, force: bool = False) -> bool:
         """Send unless throttled; returns whether a patch was accepted. Never raises."""
         if self._disabled:
             return False
@@ -102,7 +56,7 @@ class ConfigMapProgressReporter:
             self._client().patch_namespaced_config_map(
                 name=self.target.config_map,
                 namespace=self.target.namespace,
-                body=configmap_patch_body(payload),
+                body=progress.configmap_patch(),
                 _request_timeout=10,
             )
         except Exception as exc:

@@ -87,7 +87,7 @@ def render_model_card(
         f"- LoRA: r={config.lora.r}, alpha={config.lora.alpha}, dropout={config.lora.dropout}, "
         f"target modules: {', '.join(config.lora.target_modules)}",
         f"- Adapter: `{adapter_uri}` (safetensors + adapter_config.json + tokenizer)",
-        "- Prompt format: `healthnav.datapipe.prompts.render_prompt` (the server renders requests alike)",
+        "- Prompt format: `healthnav.contracts.prompts.render_prompt` (the server renders requests alike)",
         "",
         "## Training data",
         f"- Dataset: `{config.dataset}`",

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from healthnav.datapipe.prompts import ASSESSMENT_INSTRUCTION, RESPONSE_MARKER, SYSTEM_PREAMBLE
+from healthnav.contracts.prompts import ASSESSMENT_INSTRUCTION, RESPONSE_MARKER, SYSTEM_PREAMBLE
 
 Family = Literal["mistral", "llama", "gemma"]
 FAMILIES: tuple[Family, ...] = ("mistral", "llama", "gemma")

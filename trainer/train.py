@@ -12,10 +12,12 @@ Order of events (``run``):
 6. checkpoint every N steps / M minutes and on SIGTERM; stop on a non-finite loss;
 7. write adapter/, metrics.json, loss_curve.png, model-card.md (and merged/) to the output URI.
 
-Errors are sorted by what retrying would achieve: :class:`NonRetryableError` (bad config,
-corrupt data, divergence — a retry would fail identically) exits ``EXIT_CONFIG_ERROR`` so the
-operator fails the Job at once; anything else exits ``EXIT_RETRYABLE`` and the Job's
-backoffLimit gives it another pod, which resumes from the last checkpoint.
+Errors are sorted by what retrying would achieve (:mod:`healthnav.contracts.errors`): a
+:class:`~healthnav.contracts.errors.ConfigurationError` (bad config, corrupt data, divergence —
+a retry would fail identically) exits ``EXIT_CONFIG_ERROR`` so the operator fails the Job at
+once; anything else exits ``EXIT_RETRYABLE`` and the Job's backoffLimit gives it another pod,
+which resumes from the last checkpoint. The files written are the run-output layout
+(:class:`~healthnav.contracts.run_output.RunOutput`).
 """
 
 from __future__ import annotations
@@ -34,37 +36,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from healthnav.datapipe import storage
-from healthnav.datapipe.dataset import DatasetError, iter_records, load_manifest
+from healthnav.contracts import storage
+from healthnav.contracts.dataset import iter_records, load_manifest
+from healthnav.contracts.errors import EXIT_OK, EXIT_PREEMPTED, ConfigurationError, exit_code_for
+from healthnav.contracts.models import ADAPTER_CONFIG, materialize
+from healthnav.contracts.progress import TrainingProgress
+from healthnav.contracts.run_output import RunOutput
 from healthnav.trainer import checkpoint as ckpt
-from healthnav.trainer.config import (
-    EXIT_CONFIG_ERROR,
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    EXIT_RETRYABLE,
-    TERMINATION_LOG,
-    TrainerConfig,
-)
+from healthnav.trainer.config import TERMINATION_LOG, TrainerConfig
 from healthnav.trainer.data import IGNORE_INDEX, Plan, build_plan, collate, epoch_progress, tokenize_records
-from healthnav.trainer.model import (
-    ModelConfigError,
-    load_model,
-    merge_and_save,
-    resolve_base_model,
-    select_device,
-)
-from healthnav.trainer.progress import ConfigMapProgressReporter, ProgressPrinter, build_progress_payload
+from healthnav.trainer.model import load_model, merge_and_save, select_device
+from healthnav.trainer.progress import ConfigMapProgressReporter, ProgressPrinter
 from healthnav.trainer.report import plot_loss_curve, render_model_card, write_json, write_termination_message
 
 log = logging.getLogger(__name__)
 
 
-class NonRetryableError(RuntimeError):
-    """Retrying cannot help (configuration, data, divergence): exit EXIT_CONFIG_ERROR."""
-
-
-class TrainingDivergedError(NonRetryableError):
-    """The loss became NaN or infinite."""
+class TrainingDivergedError(ConfigurationError):
+    """The loss became NaN or infinite: the same settings would diverge again, so it is not retried."""
 
 
 @dataclass
@@ -141,7 +130,7 @@ class _Trackers:
             try:
                 module = __import__(name)
             except ImportError as exc:
-                raise NonRetryableError(
+                raise ConfigurationError(
                     f"reportTo: {name} requested but the {name} package is not installed"
                 ) from exc
             params = {**config.training.to_dict(), "method": config.method, "r": config.lora.r}
@@ -212,9 +201,9 @@ class Trainer:
         self.config = config
         self.printer = ProgressPrinter(stdout)
         try:
-            self.output = storage.StorageURI.parse(config.output).as_prefix()
+            self.run = RunOutput.parse(config.output)
         except ValueError as exc:
-            raise NonRetryableError(f"output: {exc}") from exc
+            raise ConfigurationError(f"output: {exc}") from exc
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -228,13 +217,13 @@ class Trainer:
         self.manifest = load_manifest(cfg.dataset)
         records = list(iter_records(cfg.dataset, "train", manifest=self.manifest))
         if not records:
-            raise NonRetryableError(f"dataset: {cfg.dataset} has no training records")
-        self.base_path = resolve_base_model(cfg.base_model)
+            raise ConfigurationError(f"dataset: {cfg.dataset} has no training records")
+        self.base_path = materialize(cfg.base_model, field="baseModel")
         self.loaded = load_model(cfg, self.base_path, self.device, self.dist.local_rank)
         self.model = self.loaded.model
         self.examples, self.data_stats = tokenize_records(records, self.loaded.tokenizer, t.max_seq_length)
         if not self.examples:
-            raise NonRetryableError(
+            raise ConfigurationError(
                 f"dataset: none of {len(records)} records has a response token within "
                 f"training.maxSeqLength={t.max_seq_length}"
             )
@@ -252,7 +241,7 @@ class Trainer:
                 world_size=self.dist.world_size,
             )
         except ValueError as exc:
-            raise NonRetryableError(f"training: {exc}") from exc
+            raise ConfigurationError(f"training: {exc}") from exc
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(
@@ -261,6 +250,8 @@ class Trainer:
             num_training_steps=len(self.plan),
         )
         self.state = ckpt.TrainState(plan_fingerprint=self.plan.fingerprint)
+        self.resumed_from_step: int | None = None
+        """The checkpoint step this attempt started from (None: from scratch); in metrics.json."""
         self._resume()
         self.ddp_model: Any = self.model
         if self.dist.world_size > 1:
@@ -294,14 +285,14 @@ class Trainer:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        found = ckpt.find_latest(self.output)
+        found = ckpt.find_latest(self.run)
         if found is None:
             return
         step, uri = found
         loaded = ckpt.load_checkpoint(uri)
         try:
             if loaded.state.plan_fingerprint != self.plan.fingerprint:
-                raise NonRetryableError(
+                raise ConfigurationError(
                     f"checkpoint {uri} was written for a different dataset or training settings; "
                     "use a new output URI (or delete its checkpoints/) to start over"
                 )
@@ -311,6 +302,7 @@ class Trainer:
             self.scheduler.load_state_dict(loaded.scheduler)
             ckpt.restore_rng(loaded.rng)
             self.state = loaded.state
+            self.resumed_from_step = step
         finally:
             loaded.cleanup()
         log.info("resumed from %s at step %d of %d", uri, step, len(self.plan))
@@ -319,7 +311,7 @@ class Trainer:
     def _save(self, rng_state: dict[str, Any]) -> None:
         if self.dist.is_main:
             ckpt.save_checkpoint(
-                self.output,
+                self.run,
                 model=self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
@@ -437,7 +429,7 @@ class Trainer:
         elapsed = time.monotonic() - session_start
         eta = (total - self.state.step) * elapsed / max(session_steps, 1)
         tps = self.state.tokens_seen / self.state.train_seconds if self.state.train_seconds > 0 else None
-        payload = build_progress_payload(
+        progress = TrainingProgress.at(
             step=self.state.step,
             total_steps=total,
             epoch=epoch_progress(self.plan, self.state.step),
@@ -445,9 +437,9 @@ class Trainer:
             tokens_per_second=tps,
             eta_seconds=eta,
         )
-        self.printer.emit({**payload, "lr": lr})
+        self.printer.emit({**progress.payload(), "lr": lr})
         if self.reporter is not None:
-            self.reporter.report(payload, force=self.state.step == total)
+            self.reporter.report(progress, force=self.state.step == total)
         self.trackers.log({"loss": loss, "lr": lr, "tokensPerSecond": tps or 0.0}, self.state.step)
 
     # -- outputs -------------------------------------------------------------------------------
@@ -460,6 +452,7 @@ class Trainer:
             "initialLoss": s.loss_history[0][1] if s.loss_history else None,
             "steps": s.step,
             "totalSteps": len(self.plan),
+            "resumedFromStep": self.resumed_from_step,
             "epochs": epoch_progress(self.plan, s.step),
             "tokens": s.tokens_seen,
             "responseTokens": s.target_tokens_seen,
@@ -480,22 +473,23 @@ class Trainer:
         metrics = {**self.metrics(), "wallSeconds": round(wall_seconds, 3)}
         if not self.dist.is_main:
             return metrics
-        adapter_uri = str(self.output.join("adapter/"))
+        adapter_uri = str(self.run.adapter)
         with tempfile.TemporaryDirectory(prefix="hnav-out-") as tmp:
             out = Path(tmp)
-            adapter_dir = out / "adapter"
+            adapter_dir = out / RunOutput.ADAPTER
             self.model.save_pretrained(adapter_dir, safe_serialization=True)
             _record_base_model(adapter_dir, self.config.base_model)
             self.loaded.tokenizer.save_pretrained(adapter_dir)
             if self.config.merge_adapter:
-                merge_and_save(self.base_path, adapter_dir, out / "merged", self.device)
+                merge_and_save(self.base_path, adapter_dir, out / RunOutput.MERGED, self.device)
             plot_loss_curve(
-                self.state.loss_history, out / "loss_curve.png", title=f"{self.config.run_name} loss"
+                self.state.loss_history, out / RunOutput.LOSS_CURVE, title=f"{self.config.run_name} loss"
             )
             manifest = self.manifest.model_dump(mode="json")
-            (out / "model-card.md").write_text(render_model_card(self.config, metrics, manifest, adapter_uri))
-            write_json(out / "metrics.json", metrics)
-            storage.upload_dir(out, self.output, last=("metrics.json",))
+            card = render_model_card(self.config, metrics, manifest, adapter_uri)
+            (out / RunOutput.MODEL_CARD).write_text(card)
+            write_json(out / RunOutput.METRICS, metrics)
+            storage.upload_dir(out, self.run.prefix, last=(RunOutput.METRICS,))
         self.trackers.finish()
         return metrics
 
@@ -513,7 +507,7 @@ def evaluate_adapter(config: TrainerConfig) -> str:
         EvalConfig(
             dataset=config.dataset,
             base_model=config.base_model,
-            adapter=str(storage.StorageURI.parse(config.output).as_prefix().join("adapter/")),
+            adapter=str(RunOutput.parse(config.output).adapter),
             gates=config.evaluation,
             output=config.output,
         )
@@ -524,16 +518,16 @@ def evaluate_adapter(config: TrainerConfig) -> str:
 
 def _record_base_model(adapter_dir: Path, base_model: str) -> None:
     """Name the base model by its URI in adapter_config.json (not the pod's temporary path)."""
-    path = adapter_dir / "adapter_config.json"
+    path = adapter_dir / ADAPTER_CONFIG
     data = json.loads(path.read_text())
     data["base_model_name_or_path"] = base_model
     path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _exit_for(exc: BaseException) -> tuple[int, str]:
-    if isinstance(exc, NonRetryableError | DatasetError | ModelConfigError):
-        return EXIT_CONFIG_ERROR, str(exc)
-    return EXIT_RETRYABLE, f"{type(exc).__name__}: {exc}"
+    """Exit code and one-line message: a configuration error's own message, else the exception's type too."""
+    code = exit_code_for(exc)
+    return code, str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
 
 
 def run(
@@ -557,14 +551,14 @@ def run(
                 metrics = trainer.finalize(time.monotonic() - started)
                 msg = (
                     f"succeeded: {metrics['steps']} steps, loss {metrics['trainLoss']}, "
-                    f"adapter {trainer.output.join('adapter/')}"
+                    f"adapter {trainer.run.adapter}"
                 )
                 if config.evaluation is not None and trainer.dist.is_main:
                     msg += "; " + evaluate_adapter(config)
                 result = RunResult(EXIT_OK, msg, trainer.state.step, len(trainer.plan), metrics)
     except Exception as exc:
         code, msg = _exit_for(exc)
-        if code == EXIT_RETRYABLE:
+        if not isinstance(exc, ConfigurationError):
             log.exception("training failed (retryable)")
         else:
             log.error("training failed: %s", msg)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from eval_helpers import make_records, train_lora, write_dataset
 
-from healthnav.datapipe.records import TrainingRecord
+from healthnav.contracts.records import TrainingRecord
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from healthnav.datapipe.prompts import ASSESSMENT_INSTRUCTION, format_assessment_output, render_example
-from healthnav.datapipe.readers import format_mcq_input, format_mcq_output
-from healthnav.datapipe.records import SCHEMA_VERSION, TrainingRecord
+from healthnav.contracts.prompts import (
+    ASSESSMENT_INSTRUCTION,
+    format_assessment_output,
+    format_mcq_input,
+    format_mcq_output,
+    render_example,
+)
+from healthnav.contracts.records import SCHEMA_VERSION, TrainingRecord
 
 MCQ_INSTRUCTION = "Answer the multiple-choice medical question."
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from healthnav.evaluation.gates import EvaluationGates, evaluate_gates
+from healthnav.evaluation.gates import (
+    COST_METRICS,
+    QUALITY_METRICS,
+    EvaluationGates,
+    evaluate_gates,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -19,6 +24,18 @@ def test_design_example_parses_with_camel_case_names() -> None:
         "minExamples": 1,
         "allowPartial": False,
     }
+
+
+def test_every_metric_key_is_a_gate() -> None:
+    """The extension point: a new metric key in QUALITY_METRICS/COST_METRICS needs its gate field."""
+    quality = EvaluationGates.model_validate(dict.fromkeys(QUALITY_METRICS, 0.5))
+    assert quality.minimums() == dict.fromkeys(QUALITY_METRICS, 0.5)
+    cost = EvaluationGates.model_validate({"max" + k[0].upper() + k[1:]: 1.0 for k in COST_METRICS})
+    assert cost.maximums() == dict.fromkeys(COST_METRICS, 1.0)
+    regression = EvaluationGates.model_validate(
+        {"maxRegressionVsBase": 0.1, "regressionMetrics": list(QUALITY_METRICS)}
+    )
+    assert regression.regression_metrics == list(QUALITY_METRICS)
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,7 @@ def test_broken_adapter_fails_its_gate(
 
 
 def test_evaluation_output_to_s3(tiny_model: Path, dataset_dir: Path, s3_bucket: str) -> None:
-    from healthnav.datapipe import storage
+    from healthnav.contracts import storage
 
     outcome = run_evaluation(
         EvalConfig(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from healthnav.datapipe.prompts import render_prompt
-from healthnav.datapipe.records import TrainingRecord
-from healthnav.evaluation.engines import Generation, LoglikelihoodUnsupported, split_continuation
+from healthnav.contracts.prompts import render_prompt
+from healthnav.contracts.records import TrainingRecord
 from healthnav.evaluation.metrics import (
     CostModel,
     bleu,
@@ -20,7 +20,8 @@ from healthnav.evaluation.metrics import (
     rouge_l,
     triage_scores,
 )
-from healthnav.evaluation.reference import ReferenceError, ReferenceIndex, parse_reference
+from healthnav.evaluation.models import Generation, LoglikelihoodUnsupported
+from healthnav.evaluation.reference import ReferenceFileError, ReferenceIndex, parse_reference
 from healthnav.evaluation.runner import evaluate_engine, evaluate_reference
 from healthnav.evaluation.tasks import TaskError, build_items, record_to_item
 
@@ -92,28 +93,31 @@ def test_mcq_falls_back_to_the_generated_letter_and_says_so() -> None:
 
 
 @pytest.mark.unit
-def test_split_continuation_moves_trailing_space_like_lm_eval(tiny_model: Path) -> None:
-    from transformers import AutoTokenizer
+def _lm_eval_split(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness's split: trailing context spaces move to the continuation, then the
+    continuation's tokens are those of ``encode(context + continuation)`` after ``len(encode(context))``."""
+    n_spaces = len(context) - len(context.rstrip(" "))
+    if n_spaces:
+        continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
+    whole = tokenizer(context + continuation).input_ids
+    ctx = tokenizer(context).input_ids
+    return whole[: len(ctx)], whole[len(ctx) :]
 
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    ctx, cont = split_continuation(tok, "The answer is ", "yes")
-    ctx2, cont2 = split_continuation(tok, "The answer is", " yes")
-    assert (ctx, cont) == (ctx2, cont2)
-    assert tok.decode(cont) == " yes"
 
-
-def test_local_loglikelihood_equals_hand_computed_token_by_token(tiny_model: Path) -> None:
-    """The batched, padded scoring equals summing log-softmax of one unpadded forward per token."""
+def test_in_process_loglikelihood_equals_lm_eval_computed_token_by_token(tiny_model: Path) -> None:
+    """Scores from the serving engine's echo log-probabilities equal lm-evaluation-harness's
+    definition, summed from one unpadded forward per continuation token."""
     import torch
 
-    from healthnav.evaluation.engines import LocalEngine
+    from healthnav.evaluation.models import InProcessModel
 
-    engine = LocalEngine(tiny_model, device="cpu")
+    model = InProcessModel.load(tiny_model, device="cpu")
+    engine = model.engine
     context = render_prompt("Which organ pumps blood?", "A. liver\nB. heart")
-    conts = ["Answer: B. heart", "Answer: A. liver and more words"]
-    got = engine.loglikelihood(context, conts)
+    conts = ["Answer: B. heart", "Answer: A. liver and more words", " yes"]
+    got = model.loglikelihood(context, conts)
     for cont, value in zip(conts, got, strict=True):
-        ctx_ids, cont_ids = split_continuation(engine.tokenizer, context, cont)
+        ctx_ids, cont_ids = _lm_eval_split(engine.tokenizer, context, cont)
         expected = 0.0
         for k, token in enumerate(cont_ids):
             prefix = torch.tensor([ctx_ids + cont_ids[:k]])
@@ -197,9 +201,9 @@ def test_inconsistent_records_name_the_record() -> None:
 
 @pytest.mark.unit
 def test_reference_file_errors_name_the_line() -> None:
-    with pytest.raises(ReferenceError, match=r"line 2.*answer"):
+    with pytest.raises(ReferenceFileError, match=r"line 2.*answer"):
         parse_reference('{"prompt": "a", "answer": "b"}\n{"prompt": "c"}\n')
-    with pytest.raises(ReferenceError, match="line 1"):
+    with pytest.raises(ReferenceFileError, match="line 1"):
         parse_reference("not json\n")
 
 
@@ -240,10 +244,10 @@ def test_example_reference_file_is_valid() -> None:
 @pytest.mark.gpu
 def test_loglikelihood_on_gpu_matches_cpu(tiny_model: Path) -> None:
     """bf16 on CUDA ranks the options as float32 on the CPU does (the GPU path of in-process eval)."""
-    from healthnav.evaluation.engines import LocalEngine
+    from healthnav.evaluation.models import InProcessModel
 
     context = render_prompt("Which organ pumps blood?", "A. liver\nB. heart")
     conts = ["Answer: A. liver", "Answer: B. heart", "Answer: C. kidney"]
-    cpu = LocalEngine(tiny_model, device="cpu").loglikelihood(context, conts)
-    gpu = LocalEngine(tiny_model, device="cuda").loglikelihood(context, conts)
+    cpu = InProcessModel.load(tiny_model, device="cpu").loglikelihood(context, conts)
+    gpu = InProcessModel.load(tiny_model, device="cuda").loglikelihood(context, conts)
     assert gpu == pytest.approx(cpu, rel=0.05, abs=0.1)

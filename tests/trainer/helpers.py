@@ -7,8 +7,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from healthnav.datapipe import storage
-from healthnav.datapipe.records import SCHEMA_VERSION, TrainingRecord
+from healthnav.contracts import storage
+from healthnav.contracts.records import SCHEMA_VERSION, TrainingRecord
+from healthnav.contracts.uris import StorageURI
 
 _QA = [
     (
@@ -64,7 +65,7 @@ def make_records(n: int = 12, *, long: bool = False) -> list[TrainingRecord]:
 
 def write_dataset(prefix: str, records: Sequence[TrainingRecord], *, shard_size: int = 50) -> str:
     """Write manifest.json + train-*.jsonl shards (+ a test shard) under a storage prefix."""
-    base = storage.StorageURI.parse(prefix).as_prefix()
+    base = StorageURI.parse(prefix).as_prefix()
     shards = []
     chunks = [records[i : i + shard_size] for i in range(0, len(records), shard_size)]
     for split, parts in (("train", chunks), ("test", [records[:2]])):

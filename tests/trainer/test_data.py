@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from healthnav.datapipe.prompts import render_example
+from healthnav.contracts.prompts import render_example
 from healthnav.trainer.data import IGNORE_INDEX, TokenizedExample, build_plan, collate, tokenize_record
 from healthnav.trainer.tinymodel import build_tokenizer
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from healthnav.trainer.config import EXIT_OK, TrainerConfig
+from healthnav.contracts.errors import EXIT_OK
+from healthnav.trainer.config import TrainerConfig
 from healthnav.trainer.tinymodel import create_tiny_model
 
 from .helpers import corpus, file_uri, make_records, write_dataset

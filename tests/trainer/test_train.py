@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from healthnav.datapipe import storage
-from healthnav.datapipe.prompts import render_prompt
-from healthnav.trainer.config import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED, TrainerConfig
+from healthnav.contracts import storage
+from healthnav.contracts.errors import EXIT_CONFIG_ERROR, EXIT_OK, EXIT_PREEMPTED
+from healthnav.contracts.prompts import render_prompt
+from healthnav.trainer.config import TrainerConfig
 from healthnav.trainer.tinymodel import FAMILIES, create_tiny_model
 from healthnav.trainer.train import run
 
@@ -210,6 +211,7 @@ def test_sigterm_checkpoints_then_resume_ends_at_same_step_with_same_result(
     a = json.loads((interrupted / "metrics.json").read_text())
     b = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert a["steps"] == b["steps"] == total
+    assert a["resumedFromStep"] == last_step and b["resumedFromStep"] is None
     assert a["finalLoss"] == pytest.approx(b["finalLoss"], rel=1e-4)
     assert straight.exit_code == EXIT_OK
 

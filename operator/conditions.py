@@ -1,18 +1,21 @@
-"""metav1.Condition-shaped status conditions, shared by every healthnav custom resource.
+"""Status of every healthnav custom resource: metav1.Condition-shaped conditions, the status base, Events.
 
-Conditions are computed, not accumulated: a reconcile derives the full set from what it
-observes and :func:`set_condition` merges each into the previous list so that
-``lastTransitionTime`` moves only when ``status`` actually changes (what ``kubectl wait``
-and dashboards rely on), and an unchanged reconcile produces byte-identical status (so the
-operator can skip the write).
+Status is computed, not accumulated: a reconcile derives it from what it observes, as the
+kind's typed status model (:class:`ObservedStatus`), and :class:`ConditionSet` merges each
+condition into the previous list so that ``lastTransitionTime`` moves only when ``status``
+actually changes (what ``kubectl wait`` and dashboards rely on). An unchanged reconcile thus
+produces a byte-identical status, so the operator can skip the write.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from healthnav.schema import CamelModel
 
@@ -53,50 +56,84 @@ class Condition(CamelModel):
     """metadata.generation the condition was computed from."""
 
 
-def set_condition(
-    conditions: list[dict[str, Any]],
-    type: str,
-    status: ConditionStatus,
-    reason: str,
-    message: str = "",
-    *,
-    generation: int | None = None,
-    now: str | None = None,
-) -> list[dict[str, Any]]:
-    """Return ``conditions`` with ``type`` set; keeps lastTransitionTime when status is unchanged."""
-    out = [dict(c) for c in conditions]
-    for cond in out:
-        if cond.get("type") == type:
-            if cond.get("status") != status:
-                cond["lastTransitionTime"] = now or now_rfc3339()
-            cond.update(status=status, reason=reason, message=message[:32768])
-            if generation is not None:
-                cond["observedGeneration"] = generation
-            return out
-    new: dict[str, Any] = {
-        "type": type,
-        "status": status,
-        "reason": reason,
-        "message": message[:32768],
-        "lastTransitionTime": now or now_rfc3339(),
-    }
-    if generation is not None:
-        new["observedGeneration"] = generation
-    out.append(new)
-    return out
+MAX_CONDITION_MESSAGE = 32768
 
 
-def remove_condition(conditions: list[dict[str, Any]], type: str) -> list[dict[str, Any]]:
-    return [dict(c) for c in conditions if c.get("type") != type]
+class ConditionSet:
+    """The conditions of a status being derived: set or remove one by type.
+
+    ``set`` keeps ``lastTransitionTime`` when the status is unchanged and stamps
+    ``observedGeneration``; a new type is appended, so the order is stable across reconciles.
+    """
+
+    def __init__(self, conditions: Iterable[Condition], *, generation: int | None, now: str) -> None:
+        self._items = [c.model_copy() for c in conditions]
+        self.generation, self.now = generation, now
+
+    def set(self, type: str, status: ConditionStatus, reason: str, message: str = "") -> None:
+        message = message[:MAX_CONDITION_MESSAGE]
+        for i, cond in enumerate(self._items):
+            if cond.type == type:
+                changed = cond.status != status
+                self._items[i] = cond.model_copy(
+                    update={
+                        "status": status,
+                        "reason": reason,
+                        "message": message,
+                        **({"last_transition_time": self.now} if changed else {}),
+                        **({"observed_generation": self.generation} if self.generation is not None else {}),
+                    }
+                )
+                return
+        new = Condition(
+            type=type, status=status, reason=reason, message=message, last_transition_time=self.now
+        )
+        if self.generation is not None:
+            new.observed_generation = self.generation
+        self._items.append(new)
+
+    def remove(self, type: str) -> None:
+        self._items = [c for c in self._items if c.type != type]
+
+    def get(self, type: str) -> Condition | None:
+        return next((c for c in self._items if c.type == type), None)
+
+    def as_list(self) -> list[Condition]:
+        return list(self._items)
 
 
-def get_condition(conditions: list[dict[str, Any]] | None, type: str) -> dict[str, Any] | None:
-    for cond in conditions or []:
-        if cond.get("type") == type:
-            return cond
-    return None
+def find_condition(conditions: Iterable[Mapping[str, Any]] | None, type: str) -> Mapping[str, Any] | None:
+    """The condition ``type`` of an object read from the API (a Job, a RayService, a FineTuneJob)."""
+    return next((c for c in conditions or () if c.get("type") == type), None)
 
 
-def is_true(conditions: list[dict[str, Any]] | None, type: str) -> bool:
-    cond = get_condition(conditions, type)
-    return bool(cond and cond.get("status") == "True")
+class ObservedStatus(CamelModel):
+    """Base of the kinds' status models: read from an object, written back as exactly what was set.
+
+    :meth:`to_status` dumps only the fields a reconcile set (and never nulls), so the status the
+    operator writes holds what it knows and nothing the schema merely allows.
+    """
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any] | None) -> Self:
+        """The status an object carries (unknown keys dropped); empty if it does not validate."""
+        known = {f.alias or name for name, f in cls.model_fields.items()}
+        try:
+            return cls.model_validate({k: v for k, v in (raw or {}).items() if k in known})
+        except ValidationError:
+            return cls()
+
+    def to_status(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+
+    def differs_from(self, old: ObservedStatus) -> bool:
+        return json.dumps(old.to_status(), sort_keys=True) != json.dumps(self.to_status(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """A Kubernetes Event worth posting about a status transition (what ``kubectl describe`` shows)."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str

@@ -1,7 +1,8 @@
 """Generate CustomResourceDefinitions from pydantic models: one source of truth for each CRD.
 
 The pydantic models in ``healthnav.operator`` are what the operator validates and renders
-from; the CRD YAML in ``charts/healthnav/crds/`` is what the API server validates with.
+from (each kind's spec module declares its :class:`CRDSpec`; :mod:`healthnav.operator.crds`
+lists them); the CRD YAML in ``charts/healthnav/crds/`` is what the API server validates with.
 Writing both by hand lets them drift, so the YAML is generated from the models and a test
 compares the committed file with a fresh generation.
 
@@ -34,6 +35,8 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
+
+from healthnav.contracts.errors import ConfigurationError
 
 # Keys the API server's structural schema understands; anything else pydantic emits
 # (title, examples, additionalProperties: false from extra=forbid, …) is dropped.
@@ -70,7 +73,7 @@ _FORMATS = {"date-time", "date", "int32", "int64", "float", "double", "byte"}
 _RULES = "x-kubernetes-validations"
 
 
-class CRDGenerationError(ValueError):
+class CRDGenerationError(ConfigurationError):
     """The model cannot be expressed as a structural CRD schema; the message names the path."""
 
 
@@ -379,31 +382,3 @@ def write_crds(specs: list[CRDSpec], out_dir: Path) -> list[Path]:
         path.write_text(render_crd_yaml(spec))
         paths.append(path)
     return paths
-
-
-def all_crds() -> list[CRDSpec]:
-    """Every CRD healthnav ships; ModelServe registers itself here when its module exists."""
-    from healthnav.operator.finetunejob_spec import FINETUNEJOB_CRD
-
-    specs = [FINETUNEJOB_CRD]
-    try:
-        from healthnav.operator.modelserve_spec import MODELSERVE_CRD  # type: ignore[import-not-found]
-    except ImportError:
-        pass
-    else:
-        specs.append(MODELSERVE_CRD)
-    return specs
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m healthnav.operator.crdgen [OUT_DIR]``."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    out = Path(args[0]) if args else Path("charts/healthnav/crds")
-    for path in write_crds(all_crds(), out):
-        print(path)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,21 +24,23 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from healthnav.contracts.run_output import RunOutput
 from healthnav.operator import metrics
-from healthnav.operator.finetunejob_manifests import children, run_output_uri
-from healthnav.operator.finetunejob_spec import API_VERSION, KIND, PLURAL, TERMINAL_PHASES, FineTuneJobSpec
-from healthnav.operator.finetunejob_status import (
-    EventSpec,
-    Observation,
-    compute_status,
-    status_changed,
-    transition_events,
+from healthnav.operator.conditions import StatusEvent
+from healthnav.operator.finetunejob_manifests import children, run_output
+from healthnav.operator.finetunejob_spec import (
+    API_VERSION,
+    KIND,
+    PLURAL,
+    TERMINAL_PHASES,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
 )
+from healthnav.operator.finetunejob_status import Observation, compute_status, transition_events
 from healthnav.operator.kube import Kube
 from healthnav.operator.reconciler import Key, Reconciler, parse_spec_as
 from healthnav.operator.settings import OperatorSettings
@@ -90,10 +92,6 @@ class FineTuneJobController(Reconciler):
 
     # --- hooks of the shared reconcile loop -------------------------------------------------
 
-    def backoff(self, failures: int) -> float:
-        """1, 2, 4 … s with jitter, capped at five minutes."""
-        return min(300.0, 0.5 * 2 ** min(failures, 10)) * (0.75 + random.random() / 2)
-
     def needs_resync(self, phase: str | None) -> bool:
         return phase not in TERMINAL_PHASES
 
@@ -104,7 +102,7 @@ class FineTuneJobController(Reconciler):
         self._own_writes[key] = written["metadata"]["resourceVersion"]
         self._remember(key, written)
 
-    def transition_events(self, old: dict[str, Any], new: dict[str, Any]) -> list[EventSpec]:
+    def transition_events(self, old: FineTuneJobStatus, new: FineTuneJobStatus) -> list[StatusEvent]:
         return transition_events(old, new)
 
     # --- bookkeeping driven by the FineTuneJob watch ---------------------------------------
@@ -134,10 +132,9 @@ class FineTuneJobController(Reconciler):
         meta = ftj["metadata"]
         if meta.get("deletionTimestamp"):
             return None  # garbage collection removes the children
-        old_status = ftj.get("status") or {}
-        generation = meta.get("generation")
-        if old_status.get("phase") in TERMINAL_PHASES and old_status.get("observedGeneration") == generation:
-            self.phases[key] = old_status["phase"]
+        old_status = FineTuneJobStatus.from_status(ftj.get("status"))
+        if old_status.phase in TERMINAL_PHASES and old_status.observed_generation == meta.get("generation"):
+            self.phases[key] = old_status.phase
             return None  # finished; nothing can change any more (the spec is immutable)
 
         spec, spec_error = parse_spec(ftj)
@@ -146,7 +143,7 @@ class FineTuneJobController(Reconciler):
         )
         requeue: float | None = None
         if spec is not None:
-            obs.run_output = run_output_uri(spec, self.settings, namespace, name)
+            obs.run_output = run_output(spec, self.settings, namespace, name)
             jobs = [j for j in self._jobs(key) if not j["metadata"].get("deletionTimestamp")]
             job = jobs[0] if jobs else None
             if job is None and self._jobs(key):
@@ -163,13 +160,13 @@ class FineTuneJobController(Reconciler):
             obs.pods = self._pods(key)
             progress = self._progress(key)
             obs.progress = progress[0] if progress else None
-            if job is not None and _job_done(job) and obs.run_output:
+            if job is not None and _job_done(job) and obs.run_output is not None:
                 obs.metrics, obs.eval_metrics = await self._read_results(key, spec, obs.run_output)
 
         new_status, status_requeue = compute_status(ftj, spec if obs.spec_error is None else None, obs)
-        if status_changed(old_status, new_status):
+        if new_status.differs_from(old_status):
             await self._write_status(key, ftj, old_status, new_status)
-        self.phases[key] = new_status.get("phase")
+        self.phases[key] = new_status.phase
         return min((r for r in (requeue, status_requeue) if r is not None), default=None)
 
     async def _create_children(
@@ -206,7 +203,7 @@ class FineTuneJobController(Reconciler):
         recreated = False
         if created:
             metrics.CHILDREN_CREATED.labels(KIND, "Job").inc()
-            recreated = bool((ftj.get("status") or {}).get("jobName"))
+            recreated = bool(FineTuneJobStatus.from_status(ftj.get("status")).job_name)
             if recreated:
                 self._event(
                     ftj, "Warning", "JobRecreated", f"Job {job['metadata']['name']} was deleted; recreated it"
@@ -247,18 +244,17 @@ class FineTuneJobController(Reconciler):
         )
 
     async def _read_results(
-        self, key: Key, spec: FineTuneJobSpec, run_output: str
+        self, key: Key, spec: FineTuneJobSpec, run: RunOutput
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         if not self.settings.read_metrics:
             return None, None
         cached = self._metrics_cache.get(key)
         if cached and (cached[1] is not None or spec.evaluation is None):
             return cached
-        base = run_output.rstrip("/")
-        train = await self.kube.run(self._read_json, f"{base}/metrics.json")
+        train = await self.kube.run(self._read_json, str(run.metrics))
         evaluation = None
         if spec.evaluation is not None:
-            evaluation = await self.kube.run(self._read_json, f"{base}/eval/metrics.json")
+            evaluation = await self.kube.run(self._read_json, str(run.eval_metrics))
         if train is not None and (evaluation is not None or spec.evaluation is None):
             self._metrics_cache[key] = (train, evaluation)
         return train, evaluation
@@ -287,12 +283,12 @@ def _job_done(job: Mapping[str, Any]) -> bool:
 
 
 def read_json_from_storage(uri: str) -> dict[str, Any] | None:
-    """A JSON document from s3:// or file:// via healthnav.datapipe.storage; None when absent or unreachable.
+    """A JSON document from s3:// or file:// (:mod:`healthnav.contracts.storage`); None when absent.
 
     The operator may legitimately have no access to the output bucket (credentials only in
     the training pod); then the adapter URI is still reported, the metrics are not.
     """
-    from healthnav.datapipe import storage
+    from healthnav.contracts import storage
 
     try:
         doc = json.loads(storage.read_text(uri))
@@ -347,7 +343,3 @@ def project_pod(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def project_progress(body: Mapping[str, Any]) -> dict[str, Any]:
     return dict(body.get("data") or {})
-
-
-def as_list(values: Iterable[Any] | None) -> list[Any]:
-    return list(values) if values is not None else []

@@ -17,24 +17,32 @@ Objects per FineTuneJob ``<name>`` (all owned by it, so deleting it cleans up):
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from healthnav.contracts.errors import EXIT_CONFIG_ERROR
+from healthnav.contracts.run_output import RunOutput
+from healthnav.operator.child_objects import (
+    container_security_context,
+    controller_reference,
+    merge_affinity,
+    merge_node_selector,
+    merge_tolerations,
+    owned_metadata,
+    pod_security_context,
+    recommended_labels,
+)
 from healthnav.operator.finetunejob_spec import API_VERSION, KIND, FineTuneJobSpec
-from healthnav.operator.objectmeta import controller_reference, owned_metadata, recommended_labels
-from healthnav.operator.podsecurity import container_security_context, pod_security_context
 from healthnav.operator.settings import OperatorSettings
-from healthnav.trainer.config import EXIT_CONFIG_ERROR, ProgressTarget, TrainerConfig
+from healthnav.trainer.config import ProgressTarget, TrainerConfig
 
 TRAINER_CONTAINER = "trainer"
 CONFIG_MOUNT = "/etc/healthnav"
 CONFIG_KEY = "trainer.yaml"
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
 WORKSPACE = "/workspace"
-PROGRESS_KEY = "progress"
 
 # Labels: the recommended app.kubernetes.io set plus our own selector label, which the operator
 # watches with a server-side label selector (it never sees unrelated pods or ConfigMaps).
@@ -87,31 +95,20 @@ def _meta(
     return owned_metadata(ftj, name, child_labels, owner_reference(ftj))
 
 
-def output_root(spec: FineTuneJobSpec, settings: OperatorSettings) -> str | None:
-    """The output root URI (spec wins over the operator default); None when neither is set."""
-    root = spec.output.uri if spec.output else settings.default_output_uri
-    return root
-
-
-def run_output_uri(
+def run_output(
     spec: FineTuneJobSpec, settings: OperatorSettings, namespace: str, name: str
-) -> str | None:
-    """This run's prefix: ``<root>/<namespace>/<name>/`` (the DESIGN's artifact layout)."""
-    root = output_root(spec, settings)
-    if not root:
-        return None
-    return f"{root.rstrip('/')}/{namespace}/{name}/"
-
-
-def adapter_uri(run_output: str) -> str:
-    return f"{run_output.rstrip('/')}/adapter/"
+) -> RunOutput | None:
+    """This run's prefix, ``<root>/<namespace>/<name>/`` under the spec's output root or the
+    operator's default; None when neither is set."""
+    root = spec.output.uri if spec.output else settings.default_output_uri
+    return RunOutput.for_job(root, namespace, name) if root else None
 
 
 def trainer_config(
     spec: FineTuneJobSpec, settings: OperatorSettings, namespace: str, name: str
 ) -> TrainerConfig:
     """The trainer's config for this FineTuneJob: the same models, nothing re-invented."""
-    output = run_output_uri(spec, settings, namespace, name)
+    output = run_output(spec, settings, namespace, name)
     if output is None:
         raise ValueError(
             "spec.output.uri is not set and the operator has no default output URI "
@@ -120,7 +117,7 @@ def trainer_config(
     return TrainerConfig(
         base_model=spec.base_model.uri,
         dataset=spec.dataset.uri,
-        output=output,
+        output=str(output),
         method=spec.method,
         lora=spec.lora,
         quantization=spec.quantization,
@@ -200,60 +197,6 @@ def progress_role_binding(ftj: dict[str, Any], spec: FineTuneJobSpec) -> dict[st
             {"kind": "ServiceAccount", "name": service_account_name(ftj, spec), "namespace": names.namespace}
         ],
     }
-
-
-def merge_node_selector(default: dict[str, str], spec_selector: dict[str, str]) -> dict[str, str]:
-    """Operator defaults, overridden key by key by the FineTuneJob."""
-    return {**default, **spec_selector}
-
-
-def merge_tolerations(
-    default: list[dict[str, Any]], spec_tolerations: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Defaults plus the spec's, without exact duplicates (order kept)."""
-    out: list[dict[str, Any]] = []
-    for tol in [*default, *spec_tolerations]:
-        clean = {k: v for k, v in tol.items() if v is not None}
-        if clean not in out:
-            out.append(clean)
-    return out
-
-
-def merge_affinity(
-    spec_affinity: dict[str, Any] | None,
-    default_affinity: dict[str, Any] | None,
-    gpu_type: str | None,
-    gpu_type_labels: list[str],
-) -> dict[str, Any] | None:
-    """The pod's affinity: the spec's (or the default), AND the gpuType constraint.
-
-    ``gpuType`` matches any of the configured accelerator labels (GKE's or EKS's, …): one node
-    selector term per label, ORed. Existing required terms are combined with those by taking
-    the cross product, which is how "A and (B or C)" is written in node affinity.
-    """
-    affinity = copy.deepcopy(spec_affinity if spec_affinity is not None else default_affinity) or {}
-    if gpu_type and gpu_type_labels:
-        gpu_terms = [
-            {"matchExpressions": [{"key": label, "operator": "In", "values": [gpu_type]}]}
-            for label in gpu_type_labels
-        ]
-        node_affinity = affinity.setdefault("nodeAffinity", {})
-        required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
-        existing = required.get("nodeSelectorTerms") or []
-        if existing:
-            terms = []
-            for term in existing:
-                for gpu_term in gpu_terms:
-                    combined = copy.deepcopy(term)
-                    combined["matchExpressions"] = [
-                        *term.get("matchExpressions", []),
-                        *gpu_term["matchExpressions"],
-                    ]
-                    terms.append(combined)
-        else:
-            terms = gpu_terms
-        node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": terms}
-    return affinity or None
 
 
 def _env(settings: OperatorSettings, namespace: str, name: str) -> list[dict[str, Any]]:

@@ -16,14 +16,29 @@ manifests to both.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from healthnav.contracts.progress import TrainingProgress
+from healthnav.contracts.uris import S3_URI, STORAGE_URI, check_uri
 from healthnav.evaluation.gates import EvaluationGates
-from healthnav.operator.conditions import Condition, conditions_field
+from healthnav.operator.conditions import Condition, ObservedStatus, conditions_field
 from healthnav.operator.crdgen import AGE_COLUMN, CRDSpec, PrinterColumn, cel, validations
+from healthnav.operator.spec_types import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    FINETUNEJOB_MAX_NAME_LENGTH,
+    NO_DOT_DOT,
+    NO_FILE,
+    NO_OTHER_SCHEME,
+    LabelValue,
+    ModelSource,
+    Quantity,
+    SecretRef,
+    Toleration,
+    uri_field,
+)
 from healthnav.schema import CamelModel
 from healthnav.trainer.config import LoraSpec, QuantizationSpec, TrainingSpec
 
@@ -33,92 +48,13 @@ KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Longest FineTuneJob name: it names the Job, whose pods carry it in a 63-character label, and
-# derived objects append suffixes such as "-progress".
-MAX_NAME_LENGTH = 52
-
-# URI patterns (RE2 for the API server, Rust regex for pydantic: only the common subset).
-S3_URI = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s]*)?$"
-FILE_URI = r"^file:///[^\s]*$"
-HUB_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+$"
-MODEL_URI = rf"({S3_URI})|({FILE_URI})|({HUB_ID})"
-DATASET_URI = rf"({S3_URI})|({FILE_URI})"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-# The Kubernetes resource.Quantity syntax (as controller-gen writes it for quantities).
-QUANTITY = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
-
-# A scheme other than s3:// or file:// (http, https, gs, hf, ...) gets its own message: an
-# http(s) URL fetched from inside the cluster could reach link-local or cloud metadata endpoints
-# (169.254.169.254, metadata.google.internal), so remote models must be staged in S3 first.
-_NO_OTHER_SCHEME = cel(
-    "!self.matches('^[A-Za-z][A-Za-z0-9+.-]*:') || self.startsWith('s3://') || self.startsWith('file:///')",
-    "only s3://bucket/prefix, file:///path or a model hub id (org/name) are accepted; http(s) and other "
-    "schemes are refused (they could reach link-local or cloud metadata endpoints): stage the files in S3",
-)
-_NO_DOT_DOT = cel(
-    "!self.contains('/../') && !self.endsWith('/..')",
-    "must not contain '..' path segments",
-)
-_NO_FILE = cel(
-    "!self.startsWith('file:')",
-    "must be an s3:// URI: a file:// path inside the training pod would be lost when it exits",
-)
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-
-
-def check_uri(value: str, *, allow_file: bool = True) -> str:
-    """The pydantic twin of the URI CEL rules (the patterns are shared via Field(pattern=...))."""
-    if _SCHEME.match(value) and not value.startswith(("s3://", "file:///")):
-        raise ValueError(_NO_OTHER_SCHEME["message"])
-    if "/../" in value or value.endswith("/.."):
-        raise ValueError(_NO_DOT_DOT["message"])
-    if not allow_file and value.startswith("file:"):
-        raise ValueError(_NO_FILE["message"])
-    return value
-
-
-Quantity = int | Annotated[str, Field(pattern=QUANTITY, max_length=64)]
-LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
-
-
-class SecretRef(CamelModel):
-    """A Secret in the FineTuneJob's namespace whose keys become environment variables of the
-    training pod (e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, HF_TOKEN). Omit it to use the
-    pod's ServiceAccount identity (IRSA, GKE Workload Identity)."""
-
-    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
-    """Name of the Secret."""
-
-
-class ModelSource(CamelModel):
-    """Where the base model's weights and tokenizer come from."""
-
-    uri: str = Field(
-        min_length=1,
-        max_length=1024,
-        pattern=MODEL_URI,
-        json_schema_extra=validations(_NO_OTHER_SCHEME, _NO_DOT_DOT),
-    )
-    """s3://bucket/prefix/ or file:///path of a Hugging Face model directory, or a hub id (org/name)."""
-    secret_ref: SecretRef | None = None
-    """Credentials for the model's location (S3 keys or an HF_TOKEN for gated hub models)."""
-
-    _uri = field_validator("uri")(classmethod(lambda cls, v: check_uri(v)))
+MAX_NAME_LENGTH = FINETUNEJOB_MAX_NAME_LENGTH
 
 
 class DatasetSource(CamelModel):
     """A dataset built by ``hnav data build`` (manifest.json + JSONL shards)."""
 
-    uri: str = Field(
-        min_length=1,
-        max_length=1024,
-        pattern=DATASET_URI,
-        json_schema_extra=validations(_NO_OTHER_SCHEME, _NO_DOT_DOT),
-    )
+    uri: str = uri_field(STORAGE_URI, NO_OTHER_SCHEME, NO_DOT_DOT)
     """s3://bucket/prefix/ (or file:///path baked into the image) of the dataset version."""
     secret_ref: SecretRef | None = None
     """Credentials for the dataset's bucket."""
@@ -129,55 +65,12 @@ class DatasetSource(CamelModel):
 class OutputSpec(CamelModel):
     """Where the adapter, checkpoints, metrics and model card are written."""
 
-    uri: str = Field(
-        min_length=1,
-        max_length=1024,
-        pattern=S3_URI,
-        json_schema_extra=validations(_NO_FILE, _NO_DOT_DOT),
-    )
+    uri: str = uri_field(S3_URI, NO_FILE, NO_DOT_DOT)
     """s3://bucket/prefix/ root; this job writes under <uri>/<namespace>/<name>/."""
     secret_ref: SecretRef | None = None
     """Credentials for the output bucket."""
 
     _uri = field_validator("uri")(classmethod(lambda cls, v: check_uri(v, allow_file=False)))
-
-
-class Toleration(CamelModel):
-    """A pod toleration (core/v1 Toleration) so the pod may land on tainted GPU nodes."""
-
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "self.operator != 'Exists' || !has(self.value)",
-                "value must be empty when operator is Exists",
-                field_path=".value",
-            ),
-            cel(
-                "has(self.key) || self.operator == 'Exists'",
-                "a toleration without a key must use operator Exists",
-                field_path=".operator",
-            ),
-        )
-    )
-
-    key: str | None = Field(default=None, max_length=317)
-    """Taint key to tolerate; empty with operator Exists tolerates every taint."""
-    operator: Literal["Exists", "Equal"] = "Equal"
-    """Equal matches key and value; Exists matches any value of key."""
-    value: str | None = Field(default=None, max_length=63)
-    """Taint value to match (operator Equal)."""
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    """Taint effect to match; empty matches all effects."""
-    toleration_seconds: int | None = Field(default=None, ge=0)
-    """For NoExecute: how long the pod stays bound after the taint appears."""
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Toleration:
-        if self.operator == "Exists" and self.value is not None:
-            raise ValueError("value must be empty when operator is Exists")
-        if self.key is None and self.operator != "Exists":
-            raise ValueError("a toleration without a key must use operator Exists")
-        return self
 
 
 class ResourcesSpec(CamelModel):
@@ -334,27 +227,6 @@ Phase = Literal["Pending", "Running", "Evaluating", "Succeeded", "Failed", "Susp
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 
 
-class Progress(CamelModel):
-    """Training progress as reported by the trainer (copied from <name>-progress)."""
-
-    percent: float | None = Field(default=None, ge=0, le=100)
-    """Completed fraction of the planned optimizer steps, 0-100."""
-    step: int | None = Field(default=None, ge=0)
-    """Optimizer steps done."""
-    total_steps: int | None = Field(default=None, ge=0)
-    """Optimizer steps planned."""
-    epoch: float | None = Field(default=None, ge=0)
-    """Current (fractional) epoch."""
-    loss: float | None = None
-    """Latest training loss."""
-    tokens_per_second: float | None = Field(default=None, ge=0)
-    """Training throughput."""
-    eta_seconds: float | None = Field(default=None, ge=0)
-    """Estimated time to finish training."""
-    updated_at: str | None = None
-    """When the trainer last reported (RFC 3339)."""
-
-
 class OutputStatus(CamelModel):
     """What a finished run produced."""
 
@@ -366,7 +238,7 @@ class OutputStatus(CamelModel):
     """Numeric metrics from metrics.json (training) and eval/metrics.json (evaluation)."""
 
 
-class FineTuneJobStatus(CamelModel):
+class FineTuneJobStatus(ObservedStatus):
     """Observed state of a FineTuneJob, written by the operator only."""
 
     phase: Phase | None = None
@@ -385,7 +257,7 @@ class FineTuneJobStatus(CamelModel):
     """When training (and evaluation) finished, successfully or not (RFC 3339)."""
     failed_attempts: int | None = Field(default=None, ge=0)
     """Training pods that failed so far (retried up to spec.backoffLimit)."""
-    progress: Progress | None = None
+    progress: TrainingProgress | None = None
     """Live training progress."""
     output: OutputStatus | None = None
     """Adapter location and metrics after success."""

@@ -1,27 +1,38 @@
-"""Pure status computation: what the world looks like → FineTuneJob.status.
+"""Pure status computation: what the world looks like → the typed :class:`FineTuneJobStatus`.
 
 The status is *derived*, never accumulated: from the Job, its pods, the progress ConfigMap and
 (after success) the metrics read from storage. A restarted operator therefore recomputes the
 same status from the same world: nothing is lost when it dies, and an unchanged world gives
 a byte-identical status, so the handler can skip the write.
+
+:func:`compute_status` picks the one situation the Job is in (no Job yet, failed, complete,
+suspended, active) and hands it to a small function that sets that situation's conditions and
+returns the phase and message; what every situation shares (the Job's name, start time,
+attempts, progress) is recorded first.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
+from healthnav.contracts.progress import TrainingProgress
+from healthnav.contracts.run_output import RunOutput
 from healthnav.evaluation.gates import EvaluationGates, evaluate_gates
-from healthnav.operator.conditions import get_condition, now_rfc3339, remove_condition, set_condition
-from healthnav.operator.finetunejob_manifests import TRAINER_CONTAINER, adapter_uri
-from healthnav.operator.finetunejob_spec import TERMINAL_PHASES, FineTuneJobSpec, Progress
+from healthnav.operator.conditions import ConditionSet, StatusEvent, find_condition, now_rfc3339
+from healthnav.operator.finetunejob_manifests import TRAINER_CONTAINER
+from healthnav.operator.finetunejob_spec import (
+    TERMINAL_PHASES,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    OutputStatus,
+)
 
 MAX_MESSAGE = 1024
 MAX_METRICS = 128
+EVALUATION_RECHECK_SECONDS = 30.0
 
 # Condition types (metav1.Condition.type) used by FineTuneJob.
 JOB_CREATED = "JobCreated"
@@ -47,7 +58,8 @@ class Observation:
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
     progress: dict[str, Any] | None = None
-    run_output: str | None = None
+    """The progress ConfigMap's ``data``."""
+    run_output: RunOutput | None = None
     metrics: dict[str, Any] | None = None
     """Training metrics.json, once read (None: not read / not reachable)."""
     eval_metrics: dict[str, Any] | None = None
@@ -58,20 +70,33 @@ class Observation:
     now: str = field(default_factory=now_rfc3339)
 
 
-@dataclass(frozen=True)
-class EventSpec:
-    """A Kubernetes Event to post about a transition."""
+@dataclass
+class Derivation:
+    """The status being derived: the model, its conditions, and when to look again."""
 
-    type: str  # Normal | Warning
-    reason: str
-    message: str
+    status: FineTuneJobStatus
+    conditions: ConditionSet
+    now: str
+    requeue: float | None = None
+
+    def cond(self, type_: str, value: str, reason: str, message: str = "") -> None:
+        self.conditions.set(type_, value, reason, message[:MAX_MESSAGE])  # type: ignore[arg-type]
+
+    def output(self) -> OutputStatus:
+        """The status's output block, created on first use."""
+        if self.status.output is None:
+            self.status.output = OutputStatus()
+        return self.status.output
 
 
-def _job_condition(job: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
-    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return cond
-    return None
+Outcome = tuple[str, str | None]
+"""(phase, message) of the situation a reconcile found."""
+
+
+def _job_condition(job: dict[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    """The Job's condition ``type_`` when it is True."""
+    cond = find_condition(((job or {}).get("status") or {}).get("conditions"), type_)
+    return cond if cond is not None and cond.get("status") == "True" else None
 
 
 def _sorted_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,29 +153,6 @@ def running_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def parse_progress(data: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The progress ConfigMap's ``data.progress`` JSON, validated; None when absent or malformed.
-
-    Everything the trainer writes is untrusted input to the operator: it is parsed with the
-    :class:`Progress` model and unknown keys are dropped, so a buggy trainer cannot write
-    arbitrary content into the FineTuneJob status.
-    """
-    raw = (data or {}).get("progress")
-    if not raw:
-        return None
-    try:
-        doc = json.loads(raw) if isinstance(raw, str) else raw
-        if not isinstance(doc, dict):
-            return None
-        known = {k: v for k, v in doc.items() if k in Progress.model_fields or k in _PROGRESS_ALIASES}
-        return Progress.model_validate(known).to_dict(exclude_none=True)
-    except (ValueError, ValidationError):
-        return None
-
-
-_PROGRESS_ALIASES = {f.alias for f in Progress.model_fields.values() if f.alias}
-
-
 def flatten_metrics(doc: dict[str, Any] | None, prefix: str = "", depth: int = 2) -> dict[str, float]:
     """Numeric leaves of a metrics.json, dotted keys, at most two levels deep and 128 entries."""
     out: dict[str, float] = {}
@@ -199,207 +201,220 @@ def _seconds_between(start: str | None, end: str) -> float:
 
 def compute_status(
     ftj: dict[str, Any], spec: FineTuneJobSpec | None, obs: Observation
-) -> tuple[dict[str, Any], float | None]:
+) -> tuple[FineTuneJobStatus, float | None]:
     """(new status, seconds until the operator should look again or None)."""
-    meta = ftj["metadata"]
-    generation = meta.get("generation")
-    old: dict[str, Any] = dict(ftj.get("status") or {})
-    status: dict[str, Any] = dict(old)
-    conds: list[dict[str, Any]] = [dict(c) for c in old.get("conditions") or []]
-    now = obs.now
-    requeue: float | None = None
+    generation = ftj["metadata"].get("generation")
+    old = FineTuneJobStatus.from_status(ftj.get("status"))
+    d = Derivation(
+        old.model_copy(deep=True), ConditionSet(old.conditions, generation=generation, now=obs.now), obs.now
+    )
+    phase, message = _situation(d, old, spec, obs)
+    d.status.phase = phase  # type: ignore[assignment]
+    d.status.message = message[:MAX_MESSAGE] if message else None
+    d.status.conditions = d.conditions.as_list()
+    d.status.observed_generation = generation
+    return d.status, d.requeue
 
-    def cond(type_: str, value: str, reason: str, message: str = "") -> None:
-        nonlocal conds
-        conds = set_condition(
-            conds, type_, value, reason, message[:MAX_MESSAGE], generation=generation, now=now
-        )  # type: ignore[arg-type]
 
-    def finish(phase: str, message: str | None) -> tuple[dict[str, Any], float | None]:
-        status["phase"] = phase
-        if message:
-            status["message"] = message[:MAX_MESSAGE]
-        else:
-            status.pop("message", None)
-        status["conditions"] = conds
-        status["observedGeneration"] = generation
-        return status, requeue
-
+def _situation(
+    d: Derivation, old: FineTuneJobStatus, spec: FineTuneJobSpec | None, obs: Observation
+) -> Outcome:
     if spec is None or obs.spec_error:
-        cond(FAILED, "True", "InvalidSpec", obs.spec_error or "invalid spec")
-        return finish("Failed", obs.spec_error or "invalid spec")
-
+        return _invalid_spec(d, obs.spec_error or "invalid spec")
+    if obs.run_output is not None:
+        d.output().uri = str(obs.run_output)
     job = obs.job
-    if obs.run_output:
-        output = dict(status.get("output") or {})
-        output["uri"] = obs.run_output
-        status["output"] = output
-
     if job is None:
-        if old.get("phase") in TERMINAL_PHASES:
-            # The Job was garbage-collected after ttlSecondsAfterFinished: the result stands.
-            return finish(old["phase"], old.get("message"))
-        cond(JOB_CREATED, "False", "JobNotCreated", "the training Job does not exist yet")
-        return finish("Pending", "waiting for the training Job to be created")
+        return _no_job(d, old)
+    progress = _record_job(d, job, obs)
+    failed = _job_condition(job, "Failed")
+    if failed:
+        return _failed(d, failed, obs)
+    complete = _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet")
+    if complete and not _job_condition(job, "Complete") and (job.get("status") or {}).get("active"):
+        complete = None  # SuccessCriteriaMet while pods still terminate: not done yet
+    if complete:
+        return _complete(d, spec, job, complete, obs, progress)
+    if (job.get("spec") or {}).get("suspend"):
+        return _suspended(d, spec)
+    d.conditions.remove(SUSPENDED)
+    return _active(d, spec, job, obs)
 
+
+def _invalid_spec(d: Derivation, message: str) -> Outcome:
+    d.cond(FAILED, "True", "InvalidSpec", message)
+    return "Failed", message
+
+
+def _no_job(d: Derivation, old: FineTuneJobStatus) -> Outcome:
+    if old.phase in TERMINAL_PHASES:
+        # The Job was garbage-collected after ttlSecondsAfterFinished: the result stands.
+        return old.phase, old.message
+    d.cond(JOB_CREATED, "False", "JobNotCreated", "the training Job does not exist yet")
+    return "Pending", "waiting for the training Job to be created"
+
+
+def _record_job(d: Derivation, job: dict[str, Any], obs: Observation) -> TrainingProgress | None:
+    """What every situation with a Job shows: its name, start, failed attempts and progress."""
     job_status = job.get("status") or {}
-    status["jobName"] = job["metadata"]["name"]
-    previous = get_condition(conds, JOB_CREATED)
-    if obs.job_recreated or (previous and previous.get("reason") == "JobRecreated"):
-        cond(
+    d.status.job_name = job["metadata"]["name"]
+    previous = d.conditions.get(JOB_CREATED)
+    if obs.job_recreated or (previous is not None and previous.reason == "JobRecreated"):
+        d.cond(
             JOB_CREATED,
             "True",
             "JobRecreated",
             "the training Job was deleted outside the operator; recreated it",
         )
     else:
-        cond(JOB_CREATED, "True", "JobCreated", f"created Job {job['metadata']['name']}")
-    if job_status.get("startTime") and not status.get("startTime"):
-        status["startTime"] = job_status["startTime"]
+        d.cond(JOB_CREATED, "True", "JobCreated", f"created Job {job['metadata']['name']}")
+    if job_status.get("startTime") and not d.status.start_time:
+        d.status.start_time = job_status["startTime"]
     if job_status.get("failed"):
-        status["failedAttempts"] = int(job_status["failed"])
-    progress = parse_progress(obs.progress)
-    if progress:
-        status["progress"] = progress
+        d.status.failed_attempts = int(job_status["failed"])
+    progress = TrainingProgress.from_configmap(obs.progress)
+    if progress is not None:
+        d.status.progress = progress
+    return progress
 
-    failed = _job_condition(job, "Failed")
-    complete = _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet")
-    suspended = bool((job.get("spec") or {}).get("suspend"))
 
-    if failed:
-        reason = failed.get("reason") or "JobFailed"
-        message = pod_failure_message(obs.pods) or failed.get("message") or reason
-        cond(FAILED, "True", reason, message)
-        cond(RUNNING, "False", reason, "training stopped")
-        conds = remove_condition(conds, SUSPENDED)
-        status["completionTime"] = status.get("completionTime") or failed.get("lastTransitionTime") or now
-        return finish("Failed", message)
+def _failed(d: Derivation, failed: Mapping[str, Any], obs: Observation) -> Outcome:
+    reason = failed.get("reason") or "JobFailed"
+    message = pod_failure_message(obs.pods) or failed.get("message") or reason
+    d.cond(FAILED, "True", reason, message)
+    d.cond(RUNNING, "False", reason, "training stopped")
+    d.conditions.remove(SUSPENDED)
+    d.status.completion_time = d.status.completion_time or failed.get("lastTransitionTime") or d.now
+    return "Failed", message
 
-    if complete and not _job_condition(job, "Complete") and job_status.get("active"):
-        complete = None  # SuccessCriteriaMet while pods still terminate: not done yet
-    if complete:
-        cond(RUNNING, "False", "TrainingComplete", "training finished")
-        cond(COMPLETE, "True", "TrainingSucceeded", "the trainer exited successfully")
-        conds = remove_condition(conds, SUSPENDED)
-        done_at = job_status.get("completionTime") or complete.get("lastTransitionTime") or now
-        output = dict(status.get("output") or {})
-        if obs.run_output:
-            output["adapterUri"] = adapter_uri(obs.run_output)
-        metrics = flatten_metrics(obs.metrics)
-        if progress is not None or "progress" in status:
-            status["progress"] = {**(status.get("progress") or {}), "percent": 100.0, "etaSeconds": 0.0}
 
-        if spec.evaluation is None:
-            if metrics:
-                output["metrics"] = metrics
-            status["output"] = output
-            status["completionTime"] = status.get("completionTime") or done_at
-            return finish("Succeeded", None)
+def _complete(
+    d: Derivation,
+    spec: FineTuneJobSpec,
+    job: dict[str, Any],
+    complete: Mapping[str, Any],
+    obs: Observation,
+    progress: TrainingProgress | None,
+) -> Outcome:
+    d.cond(RUNNING, "False", "TrainingComplete", "training finished")
+    d.cond(COMPLETE, "True", "TrainingSucceeded", "the trainer exited successfully")
+    d.conditions.remove(SUSPENDED)
+    done_at = (job.get("status") or {}).get("completionTime") or complete.get("lastTransitionTime") or d.now
+    output = d.output()
+    if obs.run_output is not None:
+        output.adapter_uri = str(obs.run_output.adapter)
+    metrics = flatten_metrics(obs.metrics)
+    if progress is not None or d.status.progress is not None:
+        current = d.status.progress or TrainingProgress()
+        d.status.progress = current.model_copy(update={"percent": 100.0, "eta_seconds": 0.0})
+    if spec.evaluation is None:
+        if metrics:
+            output.metrics = metrics
+        d.status.completion_time = d.status.completion_time or done_at
+        return "Succeeded", None
+    if obs.eval_metrics is None:
+        return _awaiting_evaluation(d, output, metrics, done_at, obs)
+    return _gated(d, spec, output, metrics, obs.eval_metrics)
 
-        # Evaluation requested: the adapter is not done until its gates are decided.
-        if obs.eval_metrics is None:
-            if metrics:
-                output["metrics"] = metrics
-            status["output"] = output
-            waited = _seconds_between(done_at, now)
-            if waited > obs.evaluation_timeout_seconds:
-                message = f"no evaluation metrics (eval/metrics.json) {int(waited)} s after training finished"
-                cond(EVALUATED, "False", "EvaluationTimeout", message)
-                cond(GATE_PASSED, "False", "NotEvaluated", "the adapter was not evaluated")
-                cond(FAILED, "True", "EvaluationTimeout", message)
-                status["completionTime"] = status.get("completionTime") or now
-                return finish("Failed", message)
-            cond(EVALUATED, "False", "EvaluationPending", "waiting for evaluation metrics")
-            requeue = 30.0
-            return finish("Evaluating", "training finished; waiting for evaluation metrics")
 
-        candidate, base = split_eval_metrics(obs.eval_metrics)
-        result = evaluate_gates(candidate, base, spec.evaluation.gates or EvaluationGates())
-        output["metrics"] = {**metrics, **flatten_metrics(candidate, depth=1)}
-        output["metrics"] = dict(list(output["metrics"].items())[:MAX_METRICS])
-        status["output"] = output
-        cond(EVALUATED, "True", "MetricsFound", "evaluation metrics read from eval/metrics.json")
-        cond(GATE_PASSED, "True" if result.passed else "False", result.reason, result.message)
-        status["completionTime"] = status.get("completionTime") or now
-        return finish("Succeeded", None if result.passed else f"quality gate failed: {result.message}")
+def _awaiting_evaluation(
+    d: Derivation, output: OutputStatus, metrics: dict[str, float], done_at: str, obs: Observation
+) -> Outcome:
+    """Evaluation requested: the adapter is not done until its gates are decided."""
+    if metrics:
+        output.metrics = metrics
+    waited = _seconds_between(done_at, d.now)
+    if waited > obs.evaluation_timeout_seconds:
+        message = f"no evaluation metrics (eval/metrics.json) {int(waited)} s after training finished"
+        d.cond(EVALUATED, "False", "EvaluationTimeout", message)
+        d.cond(GATE_PASSED, "False", "NotEvaluated", "the adapter was not evaluated")
+        d.cond(FAILED, "True", "EvaluationTimeout", message)
+        d.status.completion_time = d.status.completion_time or d.now
+        return "Failed", message
+    d.cond(EVALUATED, "False", "EvaluationPending", "waiting for evaluation metrics")
+    d.requeue = EVALUATION_RECHECK_SECONDS
+    return "Evaluating", "training finished; waiting for evaluation metrics"
 
-    if suspended:
-        cond(RUNNING, "False", "Suspended", "the training Job is suspended")
-        if spec.suspend:
-            cond(SUSPENDED, "True", "SuspendedByUser", "spec.suspend is true; checkpoints are kept")
-            return finish("Suspended", "suspended")
-        if spec.queue_name:
-            message = f"waiting for Kueue to admit the Job in LocalQueue {spec.queue_name}"
-            cond(SCHEDULABLE, "False", "WaitingForQuota", message)
-            return finish("Pending", message)
-        return finish("Pending", "resuming")
 
-    conds = remove_condition(conds, SUSPENDED)
+def _gated(
+    d: Derivation,
+    spec: FineTuneJobSpec,
+    output: OutputStatus,
+    metrics: dict[str, float],
+    eval_metrics: dict[str, Any],
+) -> Outcome:
+    assert spec.evaluation is not None
+    candidate, base = split_eval_metrics(eval_metrics)
+    result = evaluate_gates(candidate, base, spec.evaluation.gates or EvaluationGates())
+    output.metrics = dict(list({**metrics, **flatten_metrics(candidate, depth=1)}.items())[:MAX_METRICS])
+    d.cond(EVALUATED, "True", "MetricsFound", "evaluation metrics read from eval/metrics.json")
+    d.cond(GATE_PASSED, "True" if result.passed else "False", result.reason, result.message)
+    d.status.completion_time = d.status.completion_time or d.now
+    return "Succeeded", None if result.passed else f"quality gate failed: {result.message}"
+
+
+def _suspended(d: Derivation, spec: FineTuneJobSpec) -> Outcome:
+    d.cond(RUNNING, "False", "Suspended", "the training Job is suspended")
+    if spec.suspend:
+        d.cond(SUSPENDED, "True", "SuspendedByUser", "spec.suspend is true; checkpoints are kept")
+        return "Suspended", "suspended"
+    if spec.queue_name:
+        message = f"waiting for Kueue to admit the Job in LocalQueue {spec.queue_name}"
+        d.cond(SCHEDULABLE, "False", "WaitingForQuota", message)
+        return "Pending", message
+    return "Pending", "resuming"
+
+
+def _active(d: Derivation, spec: FineTuneJobSpec, job: dict[str, Any], obs: Observation) -> Outcome:
+    """Neither finished nor suspended: unschedulable, running, or waiting for a pod."""
     pending_reason = unschedulable(obs.pods)
     if pending_reason:
-        cond(SCHEDULABLE, "False", "Unschedulable", pending_reason)
-        cond(RUNNING, "False", "Unschedulable", "the training pod cannot be scheduled")
-        return finish("Pending", f"unschedulable: {pending_reason}")
+        d.cond(SCHEDULABLE, "False", "Unschedulable", pending_reason)
+        d.cond(RUNNING, "False", "Unschedulable", "the training pod cannot be scheduled")
+        return "Pending", f"unschedulable: {pending_reason}"
+    job_status = job.get("status") or {}
     pod = running_pod(obs.pods)
     if pod is not None:
-        cond(
-            SCHEDULABLE,
-            "True",
-            "Scheduled",
-            f"pod {pod['metadata']['name']} is on node {pod['spec'].get('nodeName', '?')}",
-        )
+        node = pod["spec"].get("nodeName", "?")
+        d.cond(SCHEDULABLE, "True", "Scheduled", f"pod {pod['metadata']['name']} is on node {node}")
         attempt = int(job_status.get("failed") or 0) + 1
-        reason = "Retrying" if attempt > 1 else "TrainerRunning"
         message = f"attempt {attempt} of {spec.backoff_limit + 1}"
         if attempt > 1:
             message += f"; previous: {pod_failure_message(obs.pods) or 'failed'}"
-        cond(RUNNING, "True", reason, message)
-        return finish("Running", None)
-    if int(job_status.get("succeeded") or 0) > 0 or any(
-        (p.get("status") or {}).get("phase") == "Succeeded" for p in obs.pods
-    ):
-        return finish("Running", "the trainer exited successfully; waiting for the Job to complete")
-    if get_condition(conds, SCHEDULABLE) and any(
-        (p.get("status") or {}).get("phase") == "Failed" for p in obs.pods
-    ):
-        cond(
+        d.cond(RUNNING, "True", "Retrying" if attempt > 1 else "TrainerRunning", message)
+        return "Running", None
+    phases = [(p.get("status") or {}).get("phase") for p in obs.pods]
+    if int(job_status.get("succeeded") or 0) > 0 or "Succeeded" in phases:
+        return "Running", "the trainer exited successfully; waiting for the Job to complete"
+    if d.conditions.get(SCHEDULABLE) is not None and "Failed" in phases:
+        d.cond(
             RUNNING, "False", "Retrying", f"waiting for a new pod; previous: {pod_failure_message(obs.pods)}"
         )
-    return finish("Pending", "waiting for the training pod to start")
+    return "Pending", "waiting for the training pod to start"
 
 
-def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    return json.dumps(old or {}, sort_keys=True) != json.dumps(new, sort_keys=True)
-
-
-def transition_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[EventSpec]:
+def transition_events(old: FineTuneJobStatus, new: FineTuneJobStatus) -> list[StatusEvent]:
     """One Event per condition whose status changed, and one per phase change."""
-    old = old or {}
-    events: list[EventSpec] = []
-    if old.get("phase") != new.get("phase") and not (
-        old.get("phase") is None and new.get("phase") == "Pending"
-    ):
-        bad = new.get("phase") == "Failed"
+    events: list[StatusEvent] = []
+    if old.phase != new.phase and not (old.phase is None and new.phase == "Pending"):
         events.append(
-            EventSpec(
-                "Warning" if bad else "Normal",
-                str(new.get("phase")),
-                new.get("message") or f"phase {old.get('phase') or '<none>'} -> {new.get('phase')}",
+            StatusEvent(
+                "Warning" if new.phase == "Failed" else "Normal",
+                str(new.phase),
+                new.message or f"phase {old.phase or '<none>'} -> {new.phase}",
             )
         )
-    old_conds = {c["type"]: c for c in old.get("conditions") or []}
-    for c in new.get("conditions") or []:
-        if c["type"] not in _EVENT_CONDITIONS:
+    old_conds = {c.type: c for c in old.conditions}
+    for c in new.conditions:
+        if c.type not in _EVENT_CONDITIONS or c.reason == "EvaluationPending":
             continue
-        prev = old_conds.get(c["type"])
-        if prev is not None and prev.get("status") == c["status"] and prev.get("reason") == c["reason"]:
+        prev = old_conds.get(c.type)
+        if prev is not None and prev.status == c.status and prev.reason == c.reason:
             continue
-        warn = (c["type"] in _WARN_WHEN_TRUE and c["status"] == "True") or (
-            c["type"] in _WARN_WHEN_FALSE and c["status"] == "False" and c["reason"] != "EvaluationPending"
-        )
-        if c["type"] == SCHEDULABLE and c["status"] == "True" and prev is None:
+        if c.type == SCHEDULABLE and c.status == "True" and prev is None:
             continue  # scheduled at the first try: the Running event says it all
-        if c["reason"] == "EvaluationPending":
-            continue
-        events.append(EventSpec("Warning" if warn else "Normal", c["reason"], c.get("message") or c["type"]))
+        warn = (c.type in _WARN_WHEN_TRUE and c.status == "True") or (
+            c.type in _WARN_WHEN_FALSE and c.status == "False"
+        )
+        events.append(StatusEvent("Warning" if warn else "Normal", c.reason, c.message or c.type))
     return events

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
+from healthnav.contracts.errors import HealthnavError
+
 T = TypeVar("T")
 
 # (apiVersion, kind) -> plural, for the kinds the operators create.
@@ -33,6 +35,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("batch/v1", "Job"): "jobs",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): "clusterroles",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "clusterrolebindings",
     ("healthnav.io/v1alpha1", "FineTuneJob"): "finetunejobs",
     ("healthnav.io/v1alpha1", "ModelServe"): "modelserves",
     ("ray.io/v1", "RayService"): "rayservices",
@@ -41,7 +45,7 @@ PLURALS: dict[tuple[str, str], str] = {
 FIELD_MANAGER = "healthnav-operator"
 
 
-class KubeError(RuntimeError):
+class KubeError(HealthnavError, RuntimeError):
     """An API request failed; ``status`` is the HTTP code (0: no response), ``body`` the Status."""
 
     def __init__(self, status: int, reason: str, body: dict[str, Any] | None = None) -> None:

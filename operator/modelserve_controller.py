@@ -19,46 +19,43 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Mapping
 from typing import Any
 
 from healthnav.operator import metrics
+from healthnav.operator.conditions import StatusEvent
 from healthnav.operator.finetunejob_spec import API_VERSION as FTJ_API_VERSION
 from healthnav.operator.finetunejob_spec import PLURAL as FTJ_PLURAL
 from healthnav.operator.kube import FIELD_MANAGER, KubeError, path_for
-from healthnav.operator.modelserve_spec import API_VERSION, KIND, PLURAL, ModelServeSpec
+from healthnav.operator.modelserve_spec import API_VERSION, KIND, PLURAL, ModelServeSpec, ModelServeStatus
 from healthnav.operator.modelserve_status import (
-    Event,
+    RUNNING,
+    KubeRayView,
     RayServiceView,
     compute_status,
+    head_pod_failure,
     resolve_adapters,
-    status_changed,
     transition_events,
 )
 from healthnav.operator.rayservice import (
     DESIRED_HASH_ANNOTATION,
+    MS_LABEL,
     RAY_API_VERSION,
     RAY_SERVICE_PLURAL,
     ResolvedAdapter,
     ray_service,
     service_account,
 )
-from healthnav.operator.reconciler import Key, Reconciler, parse_spec_as
+from healthnav.operator.reconciler import Key, Reconciler, backoff, parse_spec_as
 
 log = logging.getLogger("healthnav.operator.modelserve")
-
-MAX_BACKOFF = 300.0
+NOT_SERVING_RECHECK_S = 15.0
+"""How often a ModelServe that is not serving yet re-reads its head pods (one LIST each)."""
 
 
 def parse_spec(body: Mapping[str, Any]) -> tuple[ModelServeSpec | None, str | None]:
     """The ModelServe's spec, or None and a message naming the field (shown in status)."""
     return parse_spec_as(ModelServeSpec, body)
-
-
-def backoff(attempt: int) -> float:
-    """Exponential backoff with jitter: 1, 2, 4 … s, capped at five minutes."""
-    return min(MAX_BACKOFF, 2.0 ** max(0, attempt - 1)) * (0.75 + random.random() / 2)
 
 
 class ModelServeController(Reconciler):
@@ -76,10 +73,7 @@ class ModelServeController(Reconciler):
     # the reconcile itself succeeded.
     reset_failures_on_requeue = False
 
-    def backoff(self, failures: int) -> float:
-        return backoff(failures)
-
-    def transition_events(self, old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
+    def transition_events(self, old: ModelServeStatus, new: ModelServeStatus) -> list[StatusEvent]:
         return transition_events(old, new)
 
     # --- the reconcile --------------------------------------------------------------------
@@ -88,7 +82,7 @@ class ModelServeController(Reconciler):
         namespace = key[0]
         if ms["metadata"].get("deletionTimestamp"):
             return None  # garbage collection removes the RayService and ServiceAccount
-        old_status = ms.get("status") or {}
+        old_status = ModelServeStatus.from_status(ms.get("status"))
         spec, spec_error = parse_spec(ms)
         requeue: float | None = None
         resolutions = []
@@ -101,19 +95,22 @@ class ModelServeController(Reconciler):
                     for j in jobs
                 )
             )
-            resolutions = resolve_adapters(
-                spec, dict(zip(jobs, bodies, strict=True)), old_status.get("adapters")
-            )
+            previous = (ms.get("status") or {}).get("adapters")
+            resolutions = resolve_adapters(spec, dict(zip(jobs, bodies, strict=True)), previous)
             ready = [ResolvedAdapter(r.name, r.uri) for r in resolutions if r.uri is not None]
             view = await self._apply(ms, spec, ready)
             if not view.installed:
-                n = self._failures.get(key, 0) + 1
-                self._failures[key] = n
+                n = self.record_failure(key)
                 requeue = backoff(n) if n > 1 else 5.0
+            elif view.body is not None and KubeRayView.of(view.body).app_state != RUNNING:
+                # Not serving yet: look at the head pods (KubeRay's status does not say when the
+                # head crash-loops) and look again soon, since pod changes do not wake us.
+                view.head_failure = head_pod_failure(await self._head_pods(namespace, key[1]))
+                requeue = NOT_SERVING_RECHECK_S
         new_status = compute_status(ms, spec, spec_error, resolutions, view)
-        if status_changed(old_status, new_status):
+        if new_status.differs_from(old_status):
             await self._write_status(key, ms, old_status, new_status)
-        self.phases[key] = new_status.get("phase")
+        self.phases[key] = new_status.phase
         return requeue
 
     async def _apply(
@@ -146,6 +143,10 @@ class ModelServeController(Reconciler):
             metrics.CHILDREN_CREATED.labels(KIND, "RayService").inc()
             log.info("created RayService %s/%s", meta["namespace"], meta["name"])
         return RayServiceView(body=applied)
+
+    async def _head_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        selector = f"{MS_LABEL}={name},app.kubernetes.io/component=ray-head"
+        return await self.kube.run(self.kube.list, "v1", "pods", namespace, selector)
 
     async def _kuberay_installed(self) -> bool:
         """Is ``ray.io/v1 rayservices`` served? (API discovery; cheap, and honest after an install.)"""

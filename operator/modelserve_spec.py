@@ -18,22 +18,22 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from healthnav.operator.conditions import Condition, conditions_field
+from healthnav.contracts.uris import STORAGE_URI
+from healthnav.operator.conditions import Condition, ObservedStatus, conditions_field
 from healthnav.operator.crdgen import AGE_COLUMN, CRDSpec, PrinterColumn, cel, validations
-from healthnav.operator.finetunejob_spec import (
+from healthnav.operator.spec_types import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
-    FILE_URI,
-    S3_URI,
+    FINETUNEJOB_MAX_NAME_LENGTH,
     LabelValue,
     ModelSource,
     Quantity,
     SecretRef,
     Toleration,
 )
-from healthnav.operator.finetunejob_spec import MAX_NAME_LENGTH as FTJ_MAX_NAME_LENGTH
 from healthnav.schema import CamelModel
 from healthnav.serving.config import VLLM_LORA_RANKS, AutoscalingSpec, EngineArgs
+from healthnav.serving.engines import ENGINES_DESCRIPTION, GPU_ENGINES, EngineName
 
 GROUP = "healthnav.io"
 VERSION = "v1alpha1"
@@ -48,7 +48,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 MAX_NAME_LENGTH = 47
 DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 ADAPTER_NAME = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
-ADAPTER_URI = rf"({S3_URI})|({FILE_URI})"
+ADAPTER_URI = STORAGE_URI
 MAX_ADAPTERS = 32
 
 _ADAPTER_URI_RULES = validations(
@@ -82,7 +82,9 @@ class AdapterSpec(CamelModel):
 
     name: str = Field(min_length=1, max_length=63, pattern=ADAPTER_NAME)
     """Name clients use as the OpenAI ``model`` field to reach this adapter."""
-    from_fine_tune_job: str | None = Field(default=None, max_length=FTJ_MAX_NAME_LENGTH, pattern=DNS_LABEL)
+    from_fine_tune_job: str | None = Field(
+        default=None, max_length=FINETUNEJOB_MAX_NAME_LENGTH, pattern=DNS_LABEL
+    )
     """A FineTuneJob in this namespace: the adapter goes live once it has Succeeded (and passed its
     evaluation gate when it has one); until then it is listed as pending in status."""
     uri: str | None = Field(
@@ -105,7 +107,8 @@ class ServeResources(CamelModel):
     """What each model replica (one Ray worker pod) asks for, and where it may run."""
 
     gpus_per_replica: int = Field(default=1, ge=0, le=8)
-    """nvidia.com/gpu per model replica (tensor parallelism when > 1); 0 only with engine transformers."""
+    """nvidia.com/gpu per model replica (tensor parallelism when > 1); 0 runs on the CPU (the transformers
+    engine, or vllm with the server image's CPU variant)."""
     gpu_type: LabelValue | None = None
     """Accelerator type, e.g. nvidia-l4, nvidia-a10g: matched against the cloud's accelerator node label
     (GKE cloud.google.com/gke-accelerator, EKS k8s.amazonaws.com/accelerator, or the operator's)."""
@@ -121,6 +124,8 @@ class ServeResources(CamelModel):
     """Memory request and limit of the Ray head pod."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict, max_length=32)
     """Node labels worker pods require, merged over the operator's defaults (these win)."""
+    head_node_selector: dict[str, LabelValue] = Field(default_factory=dict, max_length=32)
+    """Node labels the Ray head pod requires (a CPU node pool: the head runs no model replica)."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     """Tolerations of worker pods, added to the operator's defaults (which tolerate nvidia.com/gpu)."""
 
@@ -164,10 +169,13 @@ class ModelServeSpec(CamelModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            cel(
-                "self.engine != 'vllm' || !has(self.resources) || self.resources.gpusPerReplica >= 1",
-                "engine vllm needs resources.gpusPerReplica >= 1",
-                field_path=".resources.gpusPerReplica",
+            *(
+                cel(
+                    f"self.engine != '{name}' || !has(self.resources) || self.resources.gpusPerReplica >= 1",
+                    f"engine {name} needs resources.gpusPerReplica >= 1",
+                    field_path=".resources.gpusPerReplica",
+                )
+                for name in GPU_ENGINES
             ),
             cel(
                 "!has(self.adapters) || self.adapters.all(a, a.name != self.modelName)",
@@ -193,8 +201,7 @@ class ModelServeSpec(CamelModel):
         ),
     )
     """LoRA adapters to serve; adding or removing one updates the running application in place."""
-    engine: Literal["vllm", "transformers"] = "vllm"
-    """vllm (GPU, continuous batching, multi-LoRA) or transformers (CPU-capable, for small models)."""
+    engine: EngineName = Field(default="vllm", description=ENGINES_DESCRIPTION)
     engine_args: EngineArgs = Field(default_factory=EngineArgs, json_schema_extra=_ENGINE_ARGS_RULES)
     """Engine knobs (vLLM-specific ones are ignored by the transformers engine)."""
     resources: ServeResources = Field(default_factory=ServeResources)
@@ -220,8 +227,8 @@ class ModelServeSpec(CamelModel):
             raise ValueError(f"adapter names must be unique (repeated: {', '.join(duplicates)})")
         if self.model_name in names:
             raise ValueError("an adapter cannot share the base model's name (spec.modelName)")
-        if self.engine == "vllm" and self.resources.gpus_per_replica < 1:
-            raise ValueError("engine vllm needs resources.gpusPerReplica >= 1")
+        if self.engine in GPU_ENGINES and self.resources.gpus_per_replica < 1:
+            raise ValueError(f"engine {self.engine} needs resources.gpusPerReplica >= 1")
         return self
 
 
@@ -257,7 +264,7 @@ class ApplicationStatus(CamelModel):
     """Ray Serve's message (deployment errors)."""
 
 
-class ModelServeStatus(CamelModel):
+class ModelServeStatus(ObservedStatus):
     """Observed state of a ModelServe, written by the operator only."""
 
     phase: Phase | None = None

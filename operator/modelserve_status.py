@@ -1,4 +1,4 @@
-"""Pure functions: which adapters are servable, and what ModelServe.status says.
+"""Pure functions: which adapters are servable, and what the typed :class:`ModelServeStatus` says.
 
 Two rules keep the status honest:
 
@@ -9,6 +9,10 @@ Two rules keep the status honest:
   endpoints (and KubeRay's own Ready condition, where it has one, agrees); an adapter is
   ``Active`` only once KubeRay has observed the RayService generation that contains it and
   the application is RUNNING on a cluster that is not mid-upgrade.
+
+:func:`compute_status` records what KubeRay reports about the RayService, then one small
+function per condition (AdaptersResolved, RayServiceSynced, UpgradeInProgress, Ready) sets it,
+and the phase follows from them.
 """
 
 from __future__ import annotations
@@ -17,8 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from healthnav.operator.conditions import get_condition, set_condition
-from healthnav.operator.modelserve_spec import ModelServeSpec
+from healthnav.operator.conditions import ConditionSet, StatusEvent, find_condition, now_rfc3339
+from healthnav.operator.modelserve_spec import (
+    AdapterStatus,
+    ApplicationStatus,
+    ModelServeSpec,
+    ModelServeStatus,
+)
 from healthnav.operator.rayservice import APP_NAME, adapters_in, endpoint, ray_service_name
 
 READY = "Ready"
@@ -28,6 +37,12 @@ RAY_SERVICE_SYNCED = "RayServiceSynced"
 
 RUNNING = "RUNNING"
 FAILED_APP_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+MAX_ADAPTER_MESSAGE = 1024
+MAX_APPLICATION_MESSAGE = 4096
+KUBERAY_MISSING = (
+    "the ray.io/v1 RayService API is not served: install KubeRay (its CRDs and ray-operator) "
+    "in this cluster; the ModelServe is retried with backoff"
+)
 
 
 @dataclass(frozen=True)
@@ -39,10 +54,6 @@ class AdapterResolution:
     reason: str | None = None
     message: str | None = None
     ungated: bool = False
-
-
-def _conditions(body: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    return list(((body or {}).get("status") or {}).get("conditions") or [])
 
 
 def resolve_adapters(
@@ -100,7 +111,7 @@ def resolve_adapters(
                 )
             )
             continue
-        gate = get_condition(status.get("conditions"), "GatePassed")
+        gate = find_condition(status.get("conditions"), "GatePassed")
         gated = bool((ftj.get("spec") or {}).get("evaluation")) or gate is not None
         passed = bool(gate and gate.get("status") == "True")
         if gated and not passed:
@@ -136,12 +147,111 @@ class RayServiceView:
     body: Mapping[str, Any] | None = None
     error: str | None = None
     """Why the RayService could not be written (the API server's message)."""
+    head_failure: str | None = None
+    """Why a Ray head pod cannot start (read from the pods only while not Ready): KubeRay's
+    RayService status says nothing about a head that crash-loops, so without it the ModelServe
+    would sit in ``Deploying`` with no hint."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _app_status(rs_status: Mapping[str, Any], which: str = "activeServiceStatus") -> Mapping[str, Any] | None:
-    apps = ((rs_status.get(which) or {}).get("applicationStatuses")) or {}
-    return apps.get(APP_NAME)
+# A container waiting for one of these reasons will not start by itself.
+STUCK_WAITING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+MAX_HEAD_MESSAGE = 512
+
+
+def head_pod_failure(pods: list[Mapping[str, Any]]) -> str | None:
+    """Why the Ray head cannot come up, from its pods' container statuses; None when it can.
+
+    >>> pod = {"metadata": {"name": "h"}, "status": {"containerStatuses": [{"name": "ray-head",
+    ...     "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+    ...     "lastState": {"terminated": {"exitCode": 1, "message": "boom"}}}]}}
+    >>> head_pod_failure([pod])
+    'Ray head pod h: container ray-head CrashLoopBackOff after 3 restart(s), last exit code 1: boom'
+    """
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason not in STUCK_WAITING_REASONS:
+                continue
+            text = f"Ray head pod {name}: container {cs.get('name')} {reason}"
+            if restarts := cs.get("restartCount"):
+                text += f" after {restarts} restart(s)"
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            if "exitCode" in last:
+                text += f", last exit code {last['exitCode']}"
+            detail = (last.get("message") or waiting.get("message") or "").strip()
+            if detail:
+                text += f": {detail}"
+            return text[:MAX_HEAD_MESSAGE]
+    return None
+
+
+@dataclass(frozen=True)
+class KubeRayView:
+    """What KubeRay reports about the RayService, read once from its body."""
+
+    synced: bool
+    active_cluster: str | None
+    pending_cluster: str | None
+    cluster_status: Mapping[str, Any]
+    endpoints: int
+    applications: Mapping[str, Mapping[str, Any]]
+    conditions: list[Mapping[str, Any]]
+    pending_applications: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The Serve applications on the cluster being prepared (a first deploy or an upgrade)."""
+
+    @classmethod
+    def of(cls, rs: Mapping[str, Any]) -> KubeRayView:
+        rs_status = rs.get("status") or {}
+        active = rs_status.get("activeServiceStatus") or {}
+        pending = rs_status.get("pendingServiceStatus") or {}
+        return cls(
+            synced=(rs_status.get("observedGeneration") or 0)
+            >= ((rs.get("metadata") or {}).get("generation") or 1),
+            active_cluster=active.get("rayClusterName"),
+            pending_cluster=(rs_status.get("pendingServiceStatus") or {}).get("rayClusterName"),
+            cluster_status=active.get("rayClusterStatus") or {},
+            endpoints=int(rs_status.get("numServeEndpoints") or 0),
+            applications=active.get("applicationStatuses") or {},
+            conditions=list(rs_status.get("conditions") or []),
+            pending_applications=pending.get("applicationStatuses") or {},
+        )
+
+    @property
+    def app(self) -> Mapping[str, Any]:
+        return self.applications.get(APP_NAME) or {}
+
+    @property
+    def app_state(self) -> str:
+        return self.app.get("status") or ""
+
+    def condition(self, type_: str) -> Mapping[str, Any]:
+        return find_condition(self.conditions, type_) or {}
+
+    def pending_app_summary(self) -> str | None:
+        """What the cluster being prepared says about the app: its state and each deployment's
+        message (e.g. replicas failing to start), so a stuck first deploy says why."""
+        app = self.pending_applications.get(APP_NAME) or {}
+        if not app:
+            return None
+        parts = [f"application {APP_NAME} {app.get('status') or 'pending'} on the new Ray cluster"]
+        for name, dep in sorted((app.get("serveDeploymentStatuses") or {}).items()):
+            if dep.get("message"):
+                parts.append(f"{name} {dep.get('status') or ''}: {dep['message']}".strip())
+        return "; ".join(parts)[:MAX_APPLICATION_MESSAGE]
 
 
 def compute_status(
@@ -151,249 +261,238 @@ def compute_status(
     resolutions: list[AdapterResolution],
     view: RayServiceView,
     now: str | None = None,
-) -> dict[str, Any]:
+) -> ModelServeStatus:
     """The full ModelServe.status for what was observed (conditions merged with the old ones)."""
     meta = ms["metadata"]
-    name, namespace, generation = meta["name"], meta["namespace"], meta.get("generation")
-    old = dict(ms.get("status") or {})
-    conds = list(old.get("conditions") or [])
-
-    def cond(type_: str, status: str, reason: str, message: str = "") -> None:
-        nonlocal conds
-        conds = set_condition(conds, type_, status, reason, message, generation=generation, now=now)  # type: ignore[arg-type]
-
-    status: dict[str, Any] = {"observedGeneration": generation}
-
+    generation = meta.get("generation")
+    old = ModelServeStatus.from_status(ms.get("status"))
+    conds = ConditionSet(old.conditions, generation=generation, now=now or now_rfc3339())
+    status = ModelServeStatus(observed_generation=generation)
     if spec is None:
-        cond(READY, "False", "InvalidSpec", spec_error or "invalid spec")
-        status.update(phase="Failed", message=spec_error, conditions=conds)
-        return status
+        conds.set(READY, "False", "InvalidSpec", spec_error or "invalid spec")
+        return _finish(status, conds, "Failed", spec_error)
+    _adapters_resolved(conds, resolutions)
+    if not view.installed:
+        conds.set(READY, "False", "KubeRayNotInstalled", KUBERAY_MISSING)
+        return _without_ray_service(status, conds, resolutions, "Pending", KUBERAY_MISSING)
+    if view.body is None:
+        message = view.error or "creating the RayService"
+        conds.set(READY, "False", "RayServiceNotCreated" if view.error else "Creating", message)
+        return _without_ray_service(
+            status, conds, resolutions, "Failed" if view.error else "Pending", message
+        )
 
+    kuberay = KubeRayView.of(view.body)
+    _record_ray_service(status, kuberay, meta["name"], meta["namespace"])
+    _ray_service_synced(conds, kuberay)
+    upgrading = _upgrade_in_progress(conds, kuberay)
+    ready = _ready(conds, kuberay, view.head_failure)
+    configured = adapters_in(view.body)
+    if not ready:
+        active: list[str] = []
+    elif kuberay.synced and not upgrading:
+        active = sorted(configured)
+    else:  # traffic still goes to the previous configuration: keep reporting what was active
+        active = sorted(a for a in old.active_adapters if a in configured)
+    status.active_adapters = active
+    status.adapters = _adapter_statuses(resolutions, set(active))
+    if ready and upgrading:
+        return _finish(status, conds, "Upgrading", "serving; a new Ray cluster is being prepared")
+    if ready:
+        return _finish(status, conds, "Ready", None)
+    if kuberay.app_state in FAILED_APP_STATES:
+        message = f"application {kuberay.app_state}: {kuberay.app.get('message') or ''}".strip()
+        return _finish(status, conds, "Failed", message)
+    ready_cond = conds.get(READY)
+    return _finish(status, conds, "Deploying", ready_cond.message if ready_cond else None)
+
+
+def _finish(
+    status: ModelServeStatus, conds: ConditionSet, phase: str, message: str | None
+) -> ModelServeStatus:
+    status.phase = phase  # type: ignore[assignment]
+    status.message = message
+    status.conditions = conds.as_list()
+    return status
+
+
+def _without_ray_service(
+    status: ModelServeStatus,
+    conds: ConditionSet,
+    resolutions: list[AdapterResolution],
+    phase: str,
+    message: str,
+) -> ModelServeStatus:
+    status.adapters = _adapter_statuses(resolutions, set())
+    status.active_adapters = []
+    return _finish(status, conds, phase, message)
+
+
+def _record_ray_service(status: ModelServeStatus, kuberay: KubeRayView, name: str, namespace: str) -> None:
+    status.ray_service_name = ray_service_name(name)
+    status.endpoint = endpoint(name, namespace)
+    if kuberay.active_cluster:
+        status.active_ray_cluster_name = kuberay.active_cluster
+        status.replicas = int(kuberay.cluster_status.get("readyWorkerReplicas") or 0)
+        status.desired_replicas = int(kuberay.cluster_status.get("desiredWorkerReplicas") or 0)
+    if kuberay.pending_cluster:
+        status.pending_ray_cluster_name = kuberay.pending_cluster
+    status.serve_endpoints = kuberay.endpoints
+    status.applications = [
+        ApplicationStatus(
+            name=n,
+            status=a.get("status") or "",
+            **({"message": a["message"][:MAX_APPLICATION_MESSAGE]} if a.get("message") else {}),
+        )
+        for n, a in sorted(kuberay.applications.items())
+    ]
+
+
+def _adapters_resolved(conds: ConditionSet, resolutions: list[AdapterResolution]) -> None:
     pending = [r for r in resolutions if r.uri is None]
     if pending:
-        cond(
+        conds.set(
             ADAPTERS_RESOLVED,
             "False",
             "AdaptersPending",
             "; ".join(f"{r.name}: {r.message}" for r in pending),
         )
     else:
-        cond(ADAPTERS_RESOLVED, "True", "AllResolved", f"{len(resolutions)} adapter(s) resolved")
+        conds.set(ADAPTERS_RESOLVED, "True", "AllResolved", f"{len(resolutions)} adapter(s) resolved")
 
-    if not view.installed:
-        message = (
-            "the ray.io/v1 RayService API is not served: install KubeRay (its CRDs and ray-operator) "
-            "in this cluster; the ModelServe is retried with backoff"
+
+def _ray_service_synced(conds: ConditionSet, kuberay: KubeRayView) -> None:
+    if kuberay.synced:
+        conds.set(RAY_SERVICE_SYNCED, "True", "Observed", "KubeRay has observed the current RayService spec")
+    else:
+        conds.set(
+            RAY_SERVICE_SYNCED,
+            "False",
+            "WaitingForKubeRay",
+            "KubeRay has not yet observed the current RayService spec (is ray-operator running?)",
         )
-        cond(READY, "False", "KubeRayNotInstalled", message)
-        status.update(phase="Pending", message=message, conditions=conds)
-        status["adapters"] = _adapter_statuses(resolutions, set())
-        status["activeAdapters"] = []
-        return status
-    if view.body is None:
-        message = view.error or "creating the RayService"
-        cond(READY, "False", "RayServiceNotCreated" if view.error else "Creating", message)
-        status.update(phase="Failed" if view.error else "Pending", message=message, conditions=conds)
-        status["adapters"] = _adapter_statuses(resolutions, set())
-        status["activeAdapters"] = []
-        return status
 
-    rs = view.body
-    rs_meta = rs.get("metadata") or {}
-    rs_status = rs.get("status") or {}
-    status["rayServiceName"] = ray_service_name(name)
-    status["endpoint"] = endpoint(name, namespace)
 
-    synced = (rs_status.get("observedGeneration") or 0) >= (rs_meta.get("generation") or 1)
-    cond(
-        RAY_SERVICE_SYNCED,
-        "True" if synced else "False",
-        "Observed" if synced else "WaitingForKubeRay",
-        "KubeRay has observed the current RayService spec"
-        if synced
-        else "KubeRay has not yet observed the current RayService spec (is ray-operator running?)",
-    )
-
-    active_cluster = (rs_status.get("activeServiceStatus") or {}).get("rayClusterName")
-    pending_cluster = (rs_status.get("pendingServiceStatus") or {}).get("rayClusterName")
-    if active_cluster:
-        status["activeRayClusterName"] = active_cluster
-    if pending_cluster:
-        status["pendingRayClusterName"] = pending_cluster
-    cluster_status = (rs_status.get("activeServiceStatus") or {}).get("rayClusterStatus") or {}
-    if active_cluster:
-        status["replicas"] = int(cluster_status.get("readyWorkerReplicas") or 0)
-        status["desiredReplicas"] = int(cluster_status.get("desiredWorkerReplicas") or 0)
-    endpoints = int(rs_status.get("numServeEndpoints") or 0)
-    status["serveEndpoints"] = endpoints
-
-    apps = ((rs_status.get("activeServiceStatus") or {}).get("applicationStatuses")) or {}
-    status["applications"] = [
-        {
-            "name": n,
-            "status": a.get("status") or "",
-            **({"message": a["message"][:4096]} if a.get("message") else {}),
-        }
-        for n, a in sorted(apps.items())
-    ]
-
-    rs_upgrade = get_condition(_conditions(rs), UPGRADE_IN_PROGRESS)
-    upgrading = bool(pending_cluster) or bool(rs_upgrade and rs_upgrade.get("status") == "True")
+def _upgrade_in_progress(conds: ConditionSet, kuberay: KubeRayView) -> bool:
+    """A new-cluster upgrade is under way (a pending cluster, or KubeRay's own condition says so)."""
+    rs_upgrade = kuberay.condition(UPGRADE_IN_PROGRESS)
+    upgrading = bool(kuberay.pending_cluster) or rs_upgrade.get("status") == "True"
     if upgrading:
-        cond(
+        conds.set(
             UPGRADE_IN_PROGRESS,
             "True",
-            (rs_upgrade or {}).get("reason") or "PendingClusterExists",
-            f"KubeRay is preparing RayCluster {pending_cluster or '(pending)'} (new-cluster upgrade)",
+            rs_upgrade.get("reason") or "PendingClusterExists",
+            f"KubeRay is preparing RayCluster {kuberay.pending_cluster or '(pending)'} (new-cluster upgrade)",
         )
     else:
-        cond(UPGRADE_IN_PROGRESS, "False", (rs_upgrade or {}).get("reason") or "NoPendingCluster", "")
+        conds.set(UPGRADE_IN_PROGRESS, "False", rs_upgrade.get("reason") or "NoPendingCluster", "")
+    return upgrading
 
-    app = _app_status(rs_status)
-    app_state = (app or {}).get("status") or ""
-    rs_ready = get_condition(_conditions(rs), READY)
-    kuberay_agrees = rs_ready is None or rs_ready.get("status") == "True"
-    ready = app_state == RUNNING and endpoints > 0 and kuberay_agrees
-    if ready:
-        cond(
+
+def _ready(conds: ConditionSet, kuberay: KubeRayView, head_failure: str | None = None) -> bool:
+    """Ready only when the application is RUNNING with serve endpoints and KubeRay agrees."""
+    state, endpoints = kuberay.app_state, kuberay.endpoints
+    rs_ready = kuberay.condition(READY)
+    kuberay_agrees = not rs_ready or rs_ready.get("status") == "True"  # where it has a Ready condition
+    # During a new-cluster upgrade KubeRay 1.5 stops reporting the active cluster's applications
+    # while its own Ready stays True with serve endpoints: the old cluster still serves.
+    serving_through_upgrade = not state and rs_ready.get("status") == "True"
+    if (state == RUNNING or serving_through_upgrade) and endpoints > 0 and kuberay_agrees:
+        conds.set(
             READY,
             "True",
             "ApplicationRunning",
             f"application {APP_NAME} RUNNING with {endpoints} serve endpoint(s)",
         )
-    elif app_state in FAILED_APP_STATES:
-        cond(
-            READY,
-            "False",
-            "ApplicationFailed",
-            f"application {APP_NAME} {app_state}: {(app or {}).get('message') or ''}",
-        )
-    elif app_state == RUNNING and endpoints == 0:
-        cond(
+        return True
+    if head_failure:
+        conds.set(READY, "False", "RayHeadFailing", head_failure)
+    elif state in FAILED_APP_STATES:
+        message = f"application {APP_NAME} {state}: {kuberay.app.get('message') or ''}"
+        conds.set(READY, "False", "ApplicationFailed", message)
+    elif state == RUNNING and endpoints == 0:
+        conds.set(
             READY,
             "False",
             "ZeroServeEndpoints",
             "application RUNNING but no pod is behind the serve Service yet",
         )
-    elif app_state == RUNNING:
-        cond(
-            READY,
-            "False",
-            (rs_ready or {}).get("reason") or "NotReady",
-            (rs_ready or {}).get("message") or "",
-        )
-    elif app_state:
-        cond(READY, "False", "ApplicationDeploying", f"application {APP_NAME} is {app_state}")
+    elif state == RUNNING:
+        conds.set(READY, "False", rs_ready.get("reason") or "NotReady", rs_ready.get("message") or "")
+    elif state:
+        conds.set(READY, "False", "ApplicationDeploying", f"application {APP_NAME} is {state}")
     else:
-        reason = (rs_ready or {}).get("reason") or "WaitingForRayCluster"
-        cond(
-            READY,
-            "False",
-            reason,
-            (rs_ready or {}).get("message") or "waiting for KubeRay to start the Ray cluster",
-        )
-
-    configured = adapters_in(rs)
-    if not ready:
-        active: list[str] = []
-    elif synced and not upgrading:
-        active = sorted(configured)
-    else:
-        # Traffic still goes to the previous configuration: keep reporting what was active.
-        active = sorted(_still(old, configured))
-    status["activeAdapters"] = active
-    status["adapters"] = _adapter_statuses(resolutions, set(active))
-
-    if ready and upgrading:
-        phase, message = "Upgrading", "serving; a new Ray cluster is being prepared"
-    elif ready:
-        phase, message = "Ready", None
-    elif app_state in FAILED_APP_STATES:
-        phase, message = "Failed", f"application {app_state}: {(app or {}).get('message') or ''}".strip()
-    else:
-        phase, message = "Deploying", get_condition(conds, READY)["message"]  # type: ignore[index]
-    status.update(phase=phase, message=message, conditions=conds)
-    return status
+        reason = rs_ready.get("reason") or "WaitingForRayCluster"
+        message = kuberay.pending_app_summary() or rs_ready.get("message")
+        conds.set(READY, "False", reason, message or "waiting for KubeRay to start the Ray cluster")
+    return False
 
 
-def _still(old: Mapping[str, Any], configured: Mapping[str, str]) -> set[str]:
-    """Adapters active before that the old application still routes to (present in the old config)."""
-    return {a for a in old.get("activeAdapters") or [] if a in configured}
-
-
-def _adapter_statuses(resolutions: list[AdapterResolution], active: set[str]) -> list[dict[str, Any]]:
+def _adapter_statuses(resolutions: list[AdapterResolution], active: set[str]) -> list[AdapterStatus]:
     out = []
     for r in resolutions:
-        entry: dict[str, Any] = {"name": r.name}
-        if r.uri is None:
-            entry["state"] = "Pending"
-        else:
-            entry["state"] = "Active" if r.name in active else "Deploying"
-            entry["uri"] = r.uri
+        entry = AdapterStatus(
+            name=r.name, state="Pending" if r.uri is None else "Active" if r.name in active else "Deploying"
+        )
+        if r.uri is not None:
+            entry.uri = r.uri
         if r.reason:
-            entry["reason"] = r.reason
+            entry.reason = r.reason
         if r.message:
-            entry["message"] = r.message[:1024]
+            entry.message = r.message[:MAX_ADAPTER_MESSAGE]
         if r.ungated:
-            entry["ungated"] = True
+            entry.ungated = True
         out.append(entry)
     return out
 
 
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    return {k: v for k, v in old.items() if v is not None} != {k: v for k, v in new.items() if v is not None}
+_WARNING_READY_REASONS = frozenset(
+    {"KubeRayNotInstalled", "ApplicationFailed", "InvalidSpec", "RayServiceNotCreated"}
+)
 
 
-@dataclass(frozen=True)
-class Event:
-    type: str
-    reason: str
-    message: str
-
-
-def transition_events(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Event]:
+def transition_events(old: ModelServeStatus, new: ModelServeStatus) -> list[StatusEvent]:
     """Kubernetes Events for what changed between two statuses (what ``kubectl describe`` shows)."""
-    events: list[Event] = []
-    old_ready = get_condition(old.get("conditions"), READY) or {}
-    new_ready = get_condition(new.get("conditions"), READY) or {}
-    if (old_ready.get("status"), old_ready.get("reason")) != (
-        new_ready.get("status"),
-        new_ready.get("reason"),
+    events = _ready_events(old, new)
+    before = {a.name: a for a in old.adapters}
+    for a in new.adapters:
+        events += _adapter_events(before.get(a.name), a)
+    return events
+
+
+def _ready_events(old: ModelServeStatus, new: ModelServeStatus) -> list[StatusEvent]:
+    old_ready = next((c for c in old.conditions if c.type == READY), None)
+    new_ready = next((c for c in new.conditions if c.type == READY), None)
+    if (old_ready and (old_ready.status, old_ready.reason)) == (
+        new_ready and (new_ready.status, new_ready.reason)
     ):
-        if new_ready.get("status") == "True":
-            events.append(Event("Normal", "Ready", new_ready.get("message") or "serving"))
-        elif new_ready.get("reason") in (
-            "KubeRayNotInstalled",
-            "ApplicationFailed",
-            "InvalidSpec",
-            "RayServiceNotCreated",
-        ):
-            events.append(Event("Warning", new_ready["reason"], new_ready.get("message") or ""))
-        elif old_ready.get("status") == "True":
-            events.append(
-                Event("Warning", "NotReady", new_ready.get("message") or new_ready.get("reason") or "")
+        return []
+    if new_ready is not None and new_ready.status == "True":
+        return [StatusEvent("Normal", "Ready", new_ready.message or "serving")]
+    if new_ready is not None and new_ready.reason in _WARNING_READY_REASONS:
+        return [StatusEvent("Warning", new_ready.reason, new_ready.message)]
+    if old_ready is not None and old_ready.status == "True":
+        why = (new_ready.message or new_ready.reason) if new_ready else ""
+        return [StatusEvent("Warning", "NotReady", why)]
+    return []
+
+
+def _adapter_events(before: AdapterStatus | None, a: AdapterStatus) -> list[StatusEvent]:
+    if before is not None and a.state == before.state and a.uri == before.uri:
+        return []
+    events = []
+    if a.state == "Active":
+        events.append(StatusEvent("Normal", "AdapterActivated", f"adapter {a.name} is live ({a.uri})"))
+    elif a.state == "Deploying":
+        events.append(
+            StatusEvent("Normal", "AdapterDeploying", f"adapter {a.name} added to the Serve config")
+        )
+    elif a.state == "Pending" and (before is None or before.state != "Pending"):
+        events.append(StatusEvent("Normal", "AdapterPending", f"adapter {a.name}: {a.message or ''}"))
+    if a.ungated and not (before is not None and before.ungated):
+        events.append(
+            StatusEvent(
+                "Warning", "UngatedAdapter", f"adapter {a.name} is served without a passed evaluation gate"
             )
-    old_adapters = {a["name"]: a for a in old.get("adapters") or []}
-    for a in new.get("adapters") or []:
-        before = old_adapters.get(a["name"]) or {}
-        if a["state"] == before.get("state") and a.get("uri") == before.get("uri"):
-            continue
-        if a["state"] == "Active":
-            events.append(
-                Event("Normal", "AdapterActivated", f"adapter {a['name']} is live ({a.get('uri')})")
-            )
-        elif a["state"] == "Deploying":
-            events.append(
-                Event("Normal", "AdapterDeploying", f"adapter {a['name']} added to the Serve config")
-            )
-        elif a["state"] == "Pending" and before.get("state") != "Pending":
-            events.append(Event("Normal", "AdapterPending", f"adapter {a['name']}: {a.get('message') or ''}"))
-        if a.get("ungated") and not before.get("ungated"):
-            events.append(
-                Event(
-                    "Warning",
-                    "UngatedAdapter",
-                    f"adapter {a['name']} is served without a passed evaluation gate",
-                )
-            )
+        )
     return events

@@ -30,10 +30,17 @@ from typing import Any
 
 import yaml
 
-from healthnav.operator.finetunejob_manifests import merge_affinity, merge_node_selector, merge_tolerations
+from healthnav.operator.child_objects import (
+    container_security_context,
+    controller_reference,
+    merge_affinity,
+    merge_node_selector,
+    merge_tolerations,
+    owned_metadata,
+    pod_security_context,
+    recommended_labels,
+)
 from healthnav.operator.modelserve_spec import API_VERSION, KIND, MAX_NAME_LENGTH, ModelServeSpec
-from healthnav.operator.objectmeta import controller_reference, owned_metadata, recommended_labels
-from healthnav.operator.podsecurity import container_security_context, pod_security_context
 from healthnav.operator.settings import OperatorSettings
 from healthnav.serving.config import IMPORT_PATH, SERVE_ENV, AdapterRef, ServeAppConfig
 
@@ -210,6 +217,15 @@ def _pod_spec(
     return spec
 
 
+def _head_pod_spec(
+    name: str, spec: ModelServeSpec, settings: OperatorSettings, container: dict[str, Any]
+) -> dict[str, Any]:
+    pod_spec = _pod_spec(service_account_name(name, spec), [container], settings, [])
+    if spec.resources.head_node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.head_node_selector)
+    return pod_spec
+
+
 def head_group(
     ms: dict[str, Any], spec: ModelServeSpec, settings: OperatorSettings, revision: str
 ) -> dict[str, Any]:
@@ -240,7 +256,7 @@ def head_group(
         "serviceType": "ClusterIP",
         "template": {
             "metadata": {"labels": labels(name, "ray-head"), "annotations": {REVISION_ANNOTATION: revision}},
-            "spec": _pod_spec(service_account_name(name, spec), [container], settings, []),
+            "spec": _head_pod_spec(name, spec, settings, container),
         },
     }
 

@@ -8,10 +8,14 @@ which looks at the whole current state. What that needs, and what lives here onc
   there is no timer per object;
 * coalescing (:meth:`Reconciler.reconcile_safely`): while a reconcile of an object runs, further
   triggers only mark it dirty and it runs once more afterwards;
-* failure counting, backoff with jitter, metrics and a log line without the spec's contents;
+* failure counting, one backoff with jitter (:func:`backoff`), metrics and a log line without
+  the spec's contents;
 * the optimistic-concurrency loop (:meth:`Reconciler.reconcile`): a 409 on the status write
   means somebody else wrote, so start over from fresh state;
 * the status merge patch with the resourceVersion precondition, and best-effort Events.
+
+Status is each kind's typed model (:class:`~healthnav.operator.conditions.ObservedStatus`),
+computed by its status module; the loop only writes what changed.
 
 Each controller keeps its domain logic (what to create, how to derive status) in its own
 module and implements :meth:`Reconciler._reconcile_once`.
@@ -22,39 +26,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Executor
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from healthnav.contracts.validation import describe_validation_error
 from healthnav.operator import metrics
+from healthnav.operator.conditions import ObservedStatus, StatusEvent
 from healthnav.operator.kube import Kube, KubeError
 from healthnav.operator.settings import OperatorSettings
 
 Key = tuple[str, str]
 SpecT = TypeVar("SpecT", bound=BaseModel)
+StatusT = TypeVar("StatusT", bound=ObservedStatus)
+
+MAX_BACKOFF_SECONDS = 300.0
+SPEC_ERRORS_SHOWN = 5
 
 
-class StatusEvent(Protocol):
-    """An Event worth posting for a status transition (each kind's status module makes them)."""
-
-    @property
-    def type(self) -> str: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def message(self) -> str: ...
-
-
-def validation_message(exc: ValidationError) -> str:
-    """``spec.training.epochs: Input should be greater than 0`` — the field path, then the problem."""
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"spec.{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)
+def backoff(failures: int) -> float:
+    """Delay before retry number ``failures``: 1, 2, 4 … s with ±25% jitter, capped at five minutes."""
+    return min(MAX_BACKOFF_SECONDS, 2.0 ** min(max(0, failures - 1), 10)) * (0.75 + random.random() / 2)
 
 
 def parse_spec_as(model: type[SpecT], body: Mapping[str, Any]) -> tuple[SpecT | None, str | None]:
@@ -65,7 +61,7 @@ def parse_spec_as(model: type[SpecT], body: Mapping[str, Any]) -> tuple[SpecT | 
     try:
         return model.model_validate(body.get("spec") or {}), None
     except ValidationError as exc:
-        return None, validation_message(exc)
+        return None, describe_validation_error(exc, root="spec", limit=SPEC_ERRORS_SHOWN)
 
 
 class Reconciler:
@@ -102,10 +98,6 @@ class Reconciler:
 
     # --- hooks ----------------------------------------------------------------------------
 
-    def backoff(self, failures: int) -> float:
-        """Delay before retry number ``failures`` of a reconcile that raised."""
-        raise NotImplementedError
-
     def needs_resync(self, phase: str | None) -> bool:
         """Whether the periodic resync re-reads an object in ``phase`` (default: never)."""
         return False
@@ -117,7 +109,7 @@ class Reconciler:
     def _status_written(self, key: Key, written: dict[str, Any]) -> None:
         """Called with the object as returned by a successful status write."""
 
-    def transition_events(self, old: dict[str, Any], new: dict[str, Any]) -> Iterable[StatusEvent]:
+    def transition_events(self, old: Any, new: Any) -> Iterable[StatusEvent]:
         """The Events a status change from ``old`` to ``new`` is worth (default: none)."""
         return ()
 
@@ -134,6 +126,11 @@ class Reconciler:
     def close(self) -> None:
         """Drop pending retries (the operator is shutting down)."""
         self._due.clear()
+
+    def record_failure(self, key: Key) -> int:
+        """Count one more failure of ``key`` (cleared by a successful reconcile); returns the count."""
+        self._failures[key] = self._failures.get(key, 0) + 1
+        return self._failures[key]
 
     # --- scheduling -----------------------------------------------------------------------
 
@@ -194,9 +191,8 @@ class Reconciler:
         try:
             requeue = await self.reconcile(namespace, name, body, fresh)
         except Exception as exc:
-            n = self._failures.get(key, 0) + 1
-            self._failures[key] = n
-            delay = self.backoff(n)
+            n = self.record_failure(key)
+            delay = backoff(n)
             metrics.RECONCILES.labels(self.kind, "error").inc()
             metrics.ERRORS.labels(self.kind, type(exc).__name__).inc()
             self.log.warning(
@@ -249,13 +245,12 @@ class Reconciler:
                     body = None  # somebody else wrote: start over from fresh state
             raise RuntimeError(f"status of {namespace}/{name} kept conflicting")
 
-    async def _write_status(
-        self, key: Key, obj: dict[str, Any], old: dict[str, Any], new: dict[str, Any]
-    ) -> None:
+    async def _write_status(self, key: Key, obj: dict[str, Any], old: StatusT, new: StatusT) -> None:
         """Merge-patch status with the object's resourceVersion as precondition (stale → 409)."""
         namespace, name = key
-        patch_status: dict[str, Any] = dict(new)
-        for gone in set(old) - set(new):
+        old_doc = obj.get("status") or {}
+        patch_status: dict[str, Any] = new.to_status()
+        for gone in set(old_doc) - set(patch_status):
             patch_status[gone] = None  # merge patch: null deletes
         patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": patch_status}
         written = await self.kube.run(

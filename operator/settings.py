@@ -30,7 +30,7 @@ class OperatorSettings(BaseSettings):
 
     trainer_image: str = "ghcr.io/healthnav/trainer:0.1.0"
     """Image of the training pod; runs `hnav train`."""
-    serving_image: str = "ghcr.io/healthnav/serving:0.1.0"
+    serving_image: str = "ghcr.io/healthnav/server:0.1.0"
     """Image of ModelServe's Ray head and workers (Ray + vLLM + healthnav[serve]) when spec.image is unset."""
     ray_version: str = "2.60.0"
     """Ray version inside the serving image (KubeRay's rayClusterConfig.rayVersion)."""

@@ -67,9 +67,7 @@ INVALID: list[Invalid] = [
         "spec.engineArgs.gpuMemoryUtilization",
     ),
     Invalid("bad-engine", set_path("spec.engine", "tgi"), "spec.engine"),
-    Invalid(
-        "vllm-without-gpu", set_path("spec.resources.gpusPerReplica", 0), "spec.resources.gpusPerReplica"
-    ),
+    # (vLLM with gpusPerReplica: 0 is valid: the server image's CPU variant runs vLLM's CPU build)
     Invalid(
         "adapter-http-uri",
         set_path("spec.adapters", [{"name": "a", "uri": "http://169.254.169.254/latest/"}]),

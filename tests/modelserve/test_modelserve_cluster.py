@@ -22,7 +22,7 @@ from operator_proc import OperatorProcess
 from healthnav.devenv.kuberay import install_crds, uninstall_crds
 from healthnav.operator.finetunejob_spec import API_VERSION as FTJ_API_VERSION
 from healthnav.operator.kube import Kube, KubeError
-from healthnav.operator.modelserve_controller import ModelServeController
+from healthnav.operator.modelserve_controller import NOT_SERVING_RECHECK_S, ModelServeController
 from healthnav.operator.modelserve_spec import API_VERSION, PLURAL, ModelServeSpec
 from healthnav.operator.rayservice import APP_NAME, ResolvedAdapter, adapters_in, ray_service
 from healthnav.operator.settings import OperatorSettings
@@ -189,7 +189,8 @@ def test_missing_kuberay_is_a_condition_and_event_then_recovers(cluster: Any, ku
     wait_for(lambda: "KubeRayNotInstalled" in _events(kube, ns, "triage"), 10, "Warning event")
 
     install_crds(cluster.api_client())
-    assert _reconcile(controller, ns, "triage") is None
+    # created, not serving yet: no backoff any more, just the periodic look at the Ray head pods
+    assert _reconcile(controller, ns, "triage") == NOT_SERVING_RECHECK_S
     assert kube.get_or_none("ray.io/v1", "rayservices", ns, "triage") is not None
     assert _cond(_ms(kube, ns, "triage"), "Ready")["reason"] != "KubeRayNotInstalled"
 

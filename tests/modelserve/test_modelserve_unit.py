@@ -1,12 +1,11 @@
 """ModelServe without a cluster: CRD generation, the RayService builder, adapter resolution,
-status derivation and the capacity planner (figures checked against hand computation)."""
+and status derivation."""
 
 from __future__ import annotations
 
 import copy
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,13 @@ import yaml
 from ms_helpers import INVALID, manifest, valid_spec
 from pydantic import ValidationError
 
-from healthnav.operator import planner
 from healthnav.operator.crdgen import render_crd_yaml
-from healthnav.operator.modelserve_spec import MODELSERVE_CRD, ModelServeSpec
+from healthnav.operator.modelserve_spec import MODELSERVE_CRD, ModelServeSpec, ModelServeStatus
 from healthnav.operator.modelserve_status import (
     AdapterResolution,
     RayServiceView,
     compute_status,
+    head_pod_failure,
     resolve_adapters,
     transition_events,
 )
@@ -309,7 +308,12 @@ def _status(
     if old:
         ms["status"] = old
     spec = ModelServeSpec.model_validate(ms["spec"])
-    return compute_status(ms, spec, None, resolutions, RayServiceView(body=rs), now="2025-01-01T00:00:00Z")
+    status = compute_status(ms, spec, None, resolutions, RayServiceView(body=rs), now="2025-01-01T00:00:00Z")
+    return status.to_status()
+
+
+def _events(old: dict[str, Any], new: dict[str, Any]) -> list[Any]:
+    return transition_events(ModelServeStatus.from_status(old), ModelServeStatus.from_status(new))
 
 
 def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -344,6 +348,64 @@ def test_ready_only_when_running_with_endpoints() -> None:
     assert failed["applications"] == [{"name": APP_NAME, "status": "DEPLOY_FAILED", "message": "boom"}]
 
 
+def _head_pod(waiting: str | None, restarts: int = 0, last: dict[str, Any] | None = None) -> dict[str, Any]:
+    state = {"waiting": {"reason": waiting}} if waiting else {"running": {}}
+    cs = {"name": "ray-head", "restartCount": restarts, "state": state, "lastState": {}}
+    if last:
+        cs["lastState"] = {"terminated": last}
+    return {"metadata": {"name": "triage-head-x"}, "status": {"containerStatuses": [cs]}}
+
+
+def test_crash_looping_head_keeps_the_modelserve_not_ready_with_the_reason() -> None:
+    a = [ResolvedAdapter("derm-v1", "s3://m/derm/")]
+    res = [AdapterResolution("derm-v1", uri="s3://m/derm/")]
+    pod = _head_pod("CrashLoopBackOff", 4, {"exitCode": 1, "message": "ray: command not found"})
+    failure = head_pod_failure([pod])
+    assert failure is not None and "CrashLoopBackOff" in failure and "exit code 1" in failure
+    assert "ray: command not found" in failure
+    ms = _ms()
+    spec = ModelServeSpec.model_validate(ms["spec"])
+    view = RayServiceView(body=_rs(a, app_status=None, ready=None), head_failure=failure)
+    st = compute_status(ms, spec, None, res, view, now="2025-01-01T00:00:00Z").to_status()
+    ready = _cond(st, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "RayHeadFailing"
+    assert "CrashLoopBackOff" in ready["message"] and st["phase"] != "Ready"
+    # a head that is merely starting (or image pull never attempted) is not a failure
+    assert head_pod_failure([_head_pod("ContainerCreating")]) is None
+    assert head_pod_failure([_head_pod(None)]) is None
+    assert "ErrImageNeverPull" in (head_pod_failure([_head_pod("ErrImageNeverPull")]) or "")
+
+
+def test_still_ready_while_kuberay_upgrades_and_omits_the_active_applications() -> None:
+    a = [ResolvedAdapter("derm-v1", "s3://m/derm/")]
+    rs = _rs(a, app_status=None, ready="True", pending_cluster="triage-fghij")  # as KubeRay 1.5 reports it
+    st = _status(rs, [AdapterResolution("derm-v1", uri="s3://m/derm/")])
+    assert _cond(st, "Ready")["status"] == "True" and st["phase"] == "Upgrading"
+    # but no Ready condition from KubeRay and no application status: not serving
+    st = _status(_rs(a, app_status=None, ready=None), [AdapterResolution("derm-v1", uri="s3://m/derm/")])
+    assert _cond(st, "Ready")["status"] == "False"
+
+
+def test_a_first_deploy_that_is_stuck_says_why_from_the_pending_cluster() -> None:
+    a = [ResolvedAdapter("derm-v1", "s3://m/derm/")]
+    rs = _rs(a, app_status=None, ready="False")
+    rs["status"]["pendingServiceStatus"] = {
+        "rayClusterName": "triage-fghij",
+        "applicationStatuses": {
+            APP_NAME: {
+                "status": "DEPLOYING",
+                "serveDeploymentStatuses": {
+                    "LLMServer": {"status": "UPDATING", "message": "1 replicas failed to start"}
+                },
+            }
+        },
+    }
+    st = _status(rs, [AdapterResolution("derm-v1", uri="s3://m/derm/")])
+    ready = _cond(st, "Ready")
+    assert ready["status"] == "False" and st["phase"] != "Ready"
+    assert "LLMServer UPDATING: 1 replicas failed to start" in ready["message"]
+
+
 def test_new_adapter_is_deploying_until_kuberay_observes_it_and_upgrade_is_reported() -> None:
     old_adapters = [ResolvedAdapter("derm-v1", "s3://m/derm/")]
     both = [*old_adapters, ResolvedAdapter("triage-v3", "s3://m/t/")]
@@ -358,7 +420,7 @@ def test_new_adapter_is_deploying_until_kuberay_observes_it_and_upgrade_is_repor
     }
     synced = _status(_rs(both), res, old=unsynced)
     assert synced["activeAdapters"] == ["derm-v1", "triage-v3"]
-    reasons = [e.reason for e in transition_events(unsynced, synced)]
+    reasons = [e.reason for e in _events(unsynced, synced)]
     assert "AdapterActivated" in reasons
 
     upgrading = _status(_rs(both, pending_cluster="triage-fghij"), res, old=synced)
@@ -369,105 +431,18 @@ def test_new_adapter_is_deploying_until_kuberay_observes_it_and_upgrade_is_repor
 def test_kuberay_missing_is_a_condition_and_an_event() -> None:
     ms = _ms()
     spec = ModelServeSpec.model_validate(ms["spec"])
-    st = compute_status(ms, spec, None, [], RayServiceView(installed=False))
+    st = compute_status(ms, spec, None, [], RayServiceView(installed=False)).to_status()
     ready = _cond(st, "Ready")
     assert (ready["status"], ready["reason"], st["phase"]) == ("False", "KubeRayNotInstalled", "Pending")
-    assert [e.reason for e in transition_events({}, st)] == ["KubeRayNotInstalled"]
-    assert (
-        transition_events(
-            st, compute_status({**ms, "status": st}, spec, None, [], RayServiceView(installed=False))
-        )
-        == []
-    )
+    assert [e.reason for e in _events({}, st)] == ["KubeRayNotInstalled"]
+    again = compute_status({**ms, "status": st}, spec, None, [], RayServiceView(installed=False))
+    assert _events(st, again.to_status()) == []
 
 
 def test_adapters_in_reads_back_serve_config() -> None:
     rs = _build(adapters=[ResolvedAdapter("a", "s3://m/a/")])
     assert adapters_in(rs) == {"a": "s3://m/a/"}
     assert adapters_in({"spec": {"serveConfigV2": "{not yaml"}}) == {}
-
-
-# --- planner (hand-computed) ------------------------------------------------------------------
-
-
-def test_plan_default_l4_100k_by_hand() -> None:
-    p = planner.plan(planner.PlanInputs(assessments_per_month=100_000))
-    busy_s = 12 * 3600 * 22  # 950,400 s of business hours
-    assert p.avg_rps == pytest.approx(100_000 / busy_s)
-    assert p.peak_rps == pytest.approx(3 * 100_000 / busy_s)  # 0.3157 req/s
-    assert p.gpu_seconds_per_request == pytest.approx(1000 / 6000 + 400 / 600)  # 0.8333 s
-    assert p.capacity_rps_per_replica == pytest.approx(0.72)  # 0.6 / 0.8333
-    assert (p.min_replicas, p.busy_replicas, p.max_replicas) == (1, 1, 2)  # ceil(0.316/0.72)=1, +1 spare
-    assert p.target_ongoing_requests == 12  # round(0.72 * (1000/6000 + 400/25)) = round(11.64)
-    assert p.gpu_hours == pytest.approx(730)
-    assert p.monthly_cost == pytest.approx(730 * 0.80 + 730 * 0.10)  # $657
-    assert p.api_cost_per_query == pytest.approx((1000 * 5 + 400 * 15) / 1e6)  # $0.011
-    assert p.api_monthly_cost == pytest.approx(1100)
-    assert p.cost_per_query == pytest.approx(0.00657)
-    assert p.break_even_assessments == 59_728  # ceil(657 / 0.011)
-
-
-def _simple(**kw: Any) -> planner.PlanInputs:
-    """1 GPU-second per request, $1/GPU-h, 200 business hours, no head cost: easy arithmetic."""
-    gpu = planner.GpuProfile("test", 1.0, decode_tps=100, prefill_tps=1e9, stream_tps=10)
-    base = planner.PlanInputs(
-        assessments_per_month=kw.pop("n", 73_000),
-        peak_factor=2.0,
-        tokens_in=0,
-        tokens_out=100,
-        gpu=gpu,
-        api_price_in_per_m=0,
-        api_price_out_per_m=100,  # $0.01 per query
-        business_hours_per_day=10,
-        business_days_per_month=20,
-        target_utilization=1.0,
-        head_price_per_hour=0,
-    )
-    return replace(base, **kw)
-
-
-def test_plan_scales_replicas_and_cost_with_volume() -> None:
-    p = planner.plan(_simple(n=2_000_000))
-    # 2,000,000 / 720,000 s = 2.78 req/s avg → 3 busy replicas; peak 5.56 → 6, + 1 spare = 7.
-    assert (p.busy_replicas, p.max_replicas) == (3, 7)
-    assert p.monthly_cost == pytest.approx(730 * 1 + (3 - 1) * 200)  # one always on + two for 200 h
-    assert p.target_ongoing_requests == 10  # 1 req/s * (100 / 10) s
-
-
-def test_break_even_exact_over_step_costs() -> None:
-    assert planner.break_even(_simple()) == 73_000  # $730 / $0.01, one replica carries 720k
-    # $0.0005/query: one replica's cost needs 1.46M > 720k; the 4th replica level is the first to close.
-    assert planner.break_even(_simple(api_price_out_per_m=5)) == 2_660_000
-    # $0.0001/query: each extra replica costs $200 but displaces only $72 of API spend: never.
-    assert planner.break_even(_simple(api_price_out_per_m=1)) is None
-    # Business-hours only: 200 GPU-h = $200 → 20,000 queries.
-    assert planner.break_even(_simple(always_on=False)) == 20_000
-
-
-def test_planner_rejects_bad_inputs_and_manifest_is_valid() -> None:
-    with pytest.raises(ValueError, match="peak_factor"):
-        planner.PlanInputs(assessments_per_month=10, peak_factor=0.5)
-    p = planner.plan(planner.PlanInputs(assessments_per_month=10_000, always_on=False))
-    doc = planner.manifest(p, name="triage")
-    spec = ModelServeSpec.model_validate(doc["spec"])
-    assert spec.autoscaling.min_replicas == 0 and spec.autoscaling.max_replicas == p.max_replicas
-
-
-def test_plan_cli_prints_roadmap_table_and_manifest(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from healthnav.cli import app
-
-    out = tmp_path / "ms.yaml"
-    result = CliRunner().invoke(app, ["plan", "--assessments-per-month", "100000", "--manifest", str(out)])
-    assert result.exit_code == 0, result.output
-    for volume in ("1,000", "10,000", "100,000"):
-        assert volume in result.output
-    assert "59,728" in result.output
-    doc = yaml.safe_load(out.read_text())
-    assert doc["kind"] == "ModelServe" and doc["spec"]["autoscaling"]["maxReplicas"] == 2
-    bad = CliRunner().invoke(app, ["plan", "--gpu-type", "tpu-v5"])
-    assert bad.exit_code != 0 and "--gpu-type" in bad.output
 
 
 def test_example_manifest_is_valid() -> None:

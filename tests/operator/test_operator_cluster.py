@@ -16,12 +16,14 @@ from ftj_helpers import INVALID, manifest, valid_spec
 from kube_helpers import CRDS, apply_crd, wait_for
 from operator_proc import OperatorProcess
 
-from healthnav.datapipe import storage
+from healthnav.contracts import storage
+from healthnav.contracts.errors import EXIT_CONFIG_ERROR
+from healthnav.contracts.progress import TrainingProgress
 from healthnav.operator.finetunejob_manifests import FTJ_LABEL
 from healthnav.operator.finetunejob_spec import API_VERSION, PLURAL
 from healthnav.operator.kube import Kube, KubeError
-from healthnav.trainer.config import EXIT_CONFIG_ERROR, ProgressTarget
-from healthnav.trainer.progress import ConfigMapProgressReporter, build_progress_payload
+from healthnav.trainer.config import ProgressTarget
+from healthnav.trainer.progress import ConfigMapProgressReporter
 
 pytestmark = pytest.mark.cluster
 
@@ -126,10 +128,10 @@ def test_valid_finetunejob_runs_to_succeeded_with_progress_and_output(
     reporter = ConfigMapProgressReporter(
         ProgressTarget(namespace=ns, config_map=f"{name}-progress"), api=client.CoreV1Api(as_pod)
     )
-    payload = build_progress_payload(
+    progress = TrainingProgress.at(
         step=50, total_steps=200, epoch=0.75, loss=1.234, tokens_per_second=812.5, eta_seconds=300
     )
-    assert reporter.report(payload, force=True)
+    assert reporter.report(progress, force=True)
     ftj = wait_for(
         lambda: (
             (get_ftj(kube, ns, name).get("status") or {}).get("progress", {}).get("step") == 50
@@ -164,13 +166,17 @@ def test_valid_finetunejob_runs_to_succeeded_with_progress_and_output(
     assert status["startTime"] and status["completionTime"] and status["jobName"] == name
     complete = next(c for c in status["conditions"] if c["type"] == "Complete")
     assert complete["status"] == "True" and complete["observedGeneration"] == 1
-    events = kube.list("v1", "events", ns)
-    reasons = {
-        e["reason"]
-        for e in events
-        if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "FineTuneJob"
-    }
-    assert {"JobCreated", "Running", "Succeeded"} <= reasons
+
+    def posted_reasons() -> set[str]:
+        return {
+            e["reason"]
+            for e in kube.list("v1", "events", ns)
+            if e["involvedObject"]["name"] == name and e["involvedObject"]["kind"] == "FineTuneJob"
+        }
+
+    # Events are posted after the status write, off the reconcile's path: wait for them, with a deadline.
+    wanted = {"JobCreated", "Running", "Succeeded"}
+    wait_for(lambda: wanted <= posted_reasons(), 20, f"events {sorted(wanted)}")
 
     metrics_text = operator.metrics()
     assert 'healthnav_operator_objects{kind="FineTuneJob",phase="Succeeded"}' in metrics_text

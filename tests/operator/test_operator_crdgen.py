@@ -12,13 +12,13 @@ from pydantic import ConfigDict, Field
 from healthnav.operator.crdgen import (
     CRDGenerationError,
     CRDSpec,
-    all_crds,
     build_crd,
     cel,
     model_schema,
     render_crd_yaml,
     validations,
 )
+from healthnav.operator.crds import all_crds
 from healthnav.operator.finetunejob_spec import FINETUNEJOB_CRD
 from healthnav.schema import CamelModel
 

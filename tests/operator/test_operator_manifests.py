@@ -8,16 +8,12 @@ import pytest
 import yaml
 from ftj_helpers import manifest, valid_spec
 
-from healthnav.operator.finetunejob_manifests import (
-    FTJ_LABEL,
-    KUEUE_QUEUE_LABEL,
-    children,
-    merge_affinity,
-    merge_tolerations,
-)
+from healthnav.contracts.errors import EXIT_CONFIG_ERROR
+from healthnav.operator.child_objects import merge_affinity, merge_tolerations
+from healthnav.operator.finetunejob_manifests import FTJ_LABEL, KUEUE_QUEUE_LABEL, children
 from healthnav.operator.finetunejob_spec import FineTuneJobSpec
 from healthnav.operator.settings import OperatorSettings
-from healthnav.trainer.config import EXIT_CONFIG_ERROR, TrainerConfig
+from healthnav.trainer.config import TrainerConfig
 
 pytestmark = pytest.mark.unit
 

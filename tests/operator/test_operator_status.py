@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from ftj_helpers import manifest, valid_spec
 
+from healthnav.contracts.progress import TrainingProgress
+from healthnav.contracts.run_output import RunOutput
 from healthnav.operator.finetunejob_spec import FineTuneJobSpec, FineTuneJobStatus
 from healthnav.operator.finetunejob_status import Observation, compute_status, transition_events
-from healthnav.trainer.progress import build_progress_payload, configmap_patch_body
 
 pytestmark = pytest.mark.unit
 T0, T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z", "2026-01-01T02:00:00Z"
@@ -43,8 +44,13 @@ def _pod(phase: str, name: str = "ft-a", created: str = T0, **status: Any) -> di
 def _run(ftj: dict[str, Any], obs: Observation) -> dict[str, Any]:
     spec = FineTuneJobSpec.model_validate(ftj["spec"])
     status, _ = compute_status(ftj, spec, obs)
-    FineTuneJobStatus.model_validate(status)  # always valid against the CRD's status schema
-    return status
+    written = status.to_status()
+    FineTuneJobStatus.model_validate(written)  # always valid against the CRD's status schema
+    return written
+
+
+def _events(old: dict[str, Any], new: dict[str, Any]) -> list[Any]:
+    return transition_events(FineTuneJobStatus.from_status(old), FineTuneJobStatus.from_status(new))
 
 
 def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -52,11 +58,11 @@ def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def test_running_with_progress_from_the_trainers_payload() -> None:
-    payload = build_progress_payload(
+    progress = TrainingProgress.at(
         step=50, total_steps=200, epoch=0.75, loss=1.23, tokens_per_second=900.0, eta_seconds=120
     )
     obs = Observation(
-        job=_job(active=1), pods=[_pod("Running")], progress=configmap_patch_body(payload)["data"], now=T1
+        job=_job(active=1), pods=[_pod("Running")], progress=progress.configmap_patch()["data"], now=T1
     )
     status = _run(_ftj(), obs)
     assert status["phase"] == "Running" and status["startTime"] == T0 and status["jobName"] == "ft"
@@ -98,7 +104,7 @@ def test_unschedulable_is_a_condition_not_a_silent_pending() -> None:
     cond = _cond(status, "Schedulable")
     assert (cond["status"], cond["reason"]) == ("False", "Unschedulable")
     assert "Insufficient nvidia.com/gpu" in cond["message"]
-    assert any(e.type == "Warning" and e.reason == "Unschedulable" for e in transition_events({}, status))
+    assert any(e.type == "Warning" and e.reason == "Unschedulable" for e in _events({}, status))
 
 
 def test_failure_reason_comes_from_the_pods_termination_message() -> None:
@@ -113,7 +119,7 @@ def test_failure_reason_comes_from_the_pods_termination_message() -> None:
     assert status["message"] == "trainer exited with code 78 (Error): dataset manifest.json missing"
     assert _cond(status, "Failed")["reason"] == "PodFailurePolicy"
     assert status["failedAttempts"] == 1
-    assert next(e.type for e in transition_events({"phase": "Running"}, status)) == "Warning"
+    assert next(e.type for e in _events({"phase": "Running"}, status)) == "Warning"
 
 
 def test_success_reports_adapter_and_metrics() -> None:
@@ -123,15 +129,15 @@ def test_success_reports_adapter_and_metrics() -> None:
     obs = Observation(
         job=job,
         pods=[_pod("Succeeded")],
-        run_output="s3://b/ft/ml/ft/",
+        run_output=RunOutput.parse("s3://models/ft/ml/ft/"),
         metrics={"train_loss": 0.8, "eval": {"loss": 0.9}, "runtime": "long", "ok": True},
         now=T1,
     )
     status = _run(_ftj(), obs)
     assert status["phase"] == "Succeeded" and status["completionTime"] == T1
     assert status["output"] == {
-        "uri": "s3://b/ft/ml/ft/",
-        "adapterUri": "s3://b/ft/ml/ft/adapter/",
+        "uri": "s3://models/ft/ml/ft/",
+        "adapterUri": "s3://models/ft/ml/ft/adapter/",
         "metrics": {"train_loss": 0.8, "eval.loss": 0.9},
     }
 
@@ -141,9 +147,10 @@ def test_evaluation_passes_through_evaluating_then_gates() -> None:
         [{"type": "Complete", "status": "True", "lastTransitionTime": T1}], succeeded=1, completionTime=T1
     )
     ftj = _ftj(evaluation={"gates": {"rougeL": 0.3}})
-    obs = Observation(job=job, run_output="s3://b/x/", now=T1)
+    obs = Observation(job=job, run_output=RunOutput.parse("s3://models/x/"), now=T1)
     spec = FineTuneJobSpec.model_validate(ftj["spec"])
-    status, requeue = compute_status(ftj, spec, obs)
+    computed, requeue = compute_status(ftj, spec, obs)
+    status = computed.to_status()
     assert status["phase"] == "Evaluating" and requeue and _cond(status, "Evaluated")["status"] == "False"
 
     obs.eval_metrics = {"candidate": {"rougeL": 0.41}, "base": {"rougeL": 0.2}}
@@ -174,7 +181,7 @@ def test_recompute_is_stable_and_keeps_transition_times() -> None:
     obs.now = T2
     second = _run(_ftj(first), obs)
     assert second == first  # nothing changed → identical status → the operator skips the write
-    assert transition_events(first, second) == []
+    assert _events(first, second) == []
 
 
 def test_terminal_status_survives_the_job_being_garbage_collected() -> None:

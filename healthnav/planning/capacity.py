@@ -1,4 +1,6 @@
-"""Capacity and cost planning for a ModelServe: ``hnav plan --assessments-per-month N``.
+"""Capacity and cost of serving: how many ModelServe replicas N assessments a month need, and what they cost.
+
+``hnav plan --assessments-per-month N`` prints it (:mod:`healthnav.planning.cli`).
 
 The question the roadmap asks is "at what volume does owning the model beat paying an LLM
 API per query?". The answer depends on prices and throughput that change every quarter, so

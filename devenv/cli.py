@@ -20,22 +20,33 @@ err = Console(stderr=True)
 NAME = typer.Option("default", "--name", help="Run several side by side under different names.")
 
 
+REAL_NODE = typer.Option(
+    False,
+    "--real-node",
+    help="Also run a real node (containerd + runc + kubelet, label healthnav.dev/real-node=true) with "
+    "the project's images loaded, pod networking, cluster DNS and KubeRay's operator. Needs root.",
+)
+
+
 @cluster_app.command("up")
-def cluster_up(name: str = NAME) -> None:
+def cluster_up(name: str = NAME, real_node: bool = REAL_NODE) -> None:
     """Start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on 127.0.0.1.
 
     Builds the binaries from their Go modules first if they are not cached (a cold build takes
-    several minutes; warm starts take seconds). The last line printed is the KUBECONFIG export.
+    several minutes; warm starts take seconds). With --real-node the first run also builds the
+    images (``make images``; many minutes cold). The last line printed is the KUBECONFIG export.
     """
     from healthnav.devenv.binaries import MissingToolchainError
     from healthnav.devenv.cluster import ClusterError, LocalCluster
+    from healthnav.devenv.network import NetworkError
+    from healthnav.devenv.node import NodeError
 
     started = time.monotonic()
-    cluster = LocalCluster(name)
+    cluster = LocalCluster(name, real_node=real_node)
     try:
-        with err.status("starting the local control plane..."):
+        with err.status("starting the local cluster..."):
             cluster.up()
-    except (ClusterError, MissingToolchainError) as exc:
+    except (ClusterError, MissingToolchainError, NetworkError, NodeError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     err.print(f"control plane [bold]{name}[/bold] ready in {time.monotonic() - started:.1f} s")
@@ -68,11 +79,17 @@ def cluster_status(name: str = NAME) -> None:
 
 
 @s3_app.command("up")
-def s3_up(name: str = NAME) -> None:
+def s3_up(
+    name: str = NAME,
+    for_pods: bool = typer.Option(
+        False, "--for-pods", help="Listen on the real node's bridge address so pods reach it too."
+    ),
+) -> None:
     """Start the S3 server; prints the AWS_* exports that point boto3 (and healthnav) at it."""
+    from healthnav.devenv.network import NODE_IP
     from healthnav.devenv.s3 import LocalS3
 
-    s3 = LocalS3(name).up()
+    s3 = LocalS3(name, host=NODE_IP if for_pods else "127.0.0.1").up()
     err.print(f"S3 server on {s3.endpoint}")
     for key, value in s3.env.items():
         print(f"export {key}={value}")

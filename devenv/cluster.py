@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -25,9 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from healthnav.devenv import processes
-from healthnav.devenv.binaries import cache_dir, ensure_binaries
-from healthnav.devenv.pki import create_pki
+from healthnav.devenv import network, processes
+from healthnav.devenv.binaries import binary_path, cache_dir, ensure_binaries
+from healthnav.devenv.errors import DevenvError
+from healthnav.devenv.node import (
+    NODE_BINARIES,
+    NODE_NAME,
+    NodeImage,
+    RealNode,
+    missing_prerequisites,
+    node_rbac,
+)
+from healthnav.devenv.pki import CertRequest, create_pki, issue_cert
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -39,7 +49,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 KWOK_NODE_ANNOTATION = {"kwok.x-k8s.io/node": "fake"}
 
 
-class ClusterError(RuntimeError):
+class ClusterError(DevenvError):
     """The control plane could not start; the message names the component and its log."""
 
 
@@ -48,6 +58,23 @@ class ClusterState:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    real_node: bool = False
+
+
+# Who is who: token user -> (user name, group). The node's components authenticate as what the
+# API server's Node authorizer and bootstrap roles expect (system:node:<name> in system:nodes, ...).
+CONTROL_PLANE_USERS = {
+    "admin": ("admin", "system:masters"),
+    "controller-manager": ("system:kube-controller-manager", "system:masters"),
+    "scheduler": ("system:kube-scheduler", "system:masters"),
+    "kwok": ("kwok", "system:masters"),
+}
+NODE_USERS = {
+    "kubelet": (f"system:node:{NODE_NAME}", "system:nodes"),
+    "kube-proxy": ("system:kube-proxy", "system:node-proxiers"),
+    "coredns": ("coredns", "healthnav:dns"),
+    "kuberay": ("kuberay-operator", "healthnav:kuberay"),
+}
 
 
 def _kubeconfig(server: str, ca_file: Path, user: str, token: str) -> dict[str, Any]:
@@ -88,10 +115,31 @@ def node_manifest(spec: dict[str, Any]) -> dict[str, Any]:
 class LocalCluster:
     """One local control plane, its state kept in ``state_dir`` (pids, ports, certs, logs)."""
 
-    def __init__(self, name: str = "default", state_dir: Path | None = None, *, tie_to_parent: bool = False):
+    def __init__(
+        self,
+        name: str = "default",
+        state_dir: Path | None = None,
+        *,
+        tie_to_parent: bool = False,
+        real_node: bool = False,
+    ):
         self.name = name
         self.state_dir = state_dir or cache_dir() / "clusters" / name
         self.tie_to_parent = tie_to_parent
+        self.real_node = real_node
+
+    @property
+    def server_ip(self) -> str:
+        """Where the API server listens: loopback, or the pod bridge's address when pods must reach it."""
+        return network.NODE_IP if self.real_node else "127.0.0.1"
+
+    @staticmethod
+    def _server_ip(state: ClusterState) -> str:
+        return network.NODE_IP if state.real_node else "127.0.0.1"
+
+    @property
+    def node(self) -> RealNode:
+        return RealNode(self.name, self.state_dir, tie_to_parent=self.tie_to_parent)
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -115,29 +163,48 @@ class LocalCluster:
     # -- lifecycle ---------------------------------------------------------------------------
     def running(self) -> dict[str, bool]:
         state = self._load_state()
-        return {c: bool(state.pids.get(c)) and processes.alive(state.pids[c]) for c in COMPONENTS}
+        components = [*COMPONENTS, *(("kuberay-operator",) if state.real_node else ())]
+        alive = {c: bool(state.pids.get(c)) and processes.alive(state.pids[c]) for c in components}
+        if state.real_node:
+            alive |= self.node.running()
+        return alive
 
-    def up(self, timeout: float = 120.0) -> LocalCluster:
-        """Start every component (or keep the ones already running) and register the nodes."""
-        if all(self.running().values()) and self._ready(self._load_state(), 2.0):
+    def up(self, timeout: float = 120.0, images: list[str] | None = None) -> LocalCluster:
+        """Start every component (or keep the ones already running) and register the nodes.
+
+        With ``real_node``, also the pod network, the real node (containerd, kubelet, kube-proxy,
+        CoreDNS) with the project's images loaded (``images``: names from
+        :data:`healthnav.devenv.images.IMAGES`, default all; built first when missing), and
+        KubeRay's operator.
+        """
+        current = self._load_state()
+        if current.real_node == self.real_node and all(self.running().values()) and self._ready(current, 2.0):
             return self
         self.down(keep_certs=True)
+        if self.real_node:
+            self._check_real_node_host()
         bins = ensure_binaries(
             ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
         )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         pki = create_pki(self.state_dir / "pki")
+        users = {**CONTROL_PLANE_USERS, **(NODE_USERS if self.real_node else {})}
         state = ClusterState(
-            ports={k: processes.free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok")},
-            tokens={u: secrets.token_hex(16) for u in ("admin", "controller-manager", "scheduler", "kwok")},
+            ports={k: processes.free_port() for k in ("etcd", "etcd_peer", "apiserver", "kwok", "kuberay")},
+            tokens={u: secrets.token_hex(16) for u in users},
+            real_node=self.real_node,
         )
         self._write_auth(state, pki["ca_cert"])
         self._save_state(state)
         try:
+            if self.real_node:
+                network.NodeNetwork().up()
+                self._issue_node_certs()
             self._start(state, "etcd", self._etcd_args(bins["etcd"], state))
             self._wait(lambda: processes.port_open(state.ports["etcd"]), "etcd", 30)
             self._start(state, "kube-apiserver", self._apiserver_args(bins["kube-apiserver"], state, pki))
             self._wait(lambda: self._ready(state), "kube-apiserver", timeout)
+            network.FakeAddressRoutes(str(self.state_dir)).add(state.pids["kube-apiserver"])
             self._start(
                 state, "kube-controller-manager", self._kcm_args(bins["kube-controller-manager"], pki)
             )
@@ -145,17 +212,29 @@ class LocalCluster:
             self._start(state, "kwok", self._kwok_args(bins["kwok"], state))
             self.register_nodes()
             self._wait(self._nodes_ready, "kwok (nodes Ready)", 60)
+            if self.real_node:
+                self._start_real_node(images, timeout=max(timeout, 180.0))
+                self._start_kuberay(state)
         except BaseException:
             self.down(keep_certs=True)
             raise
         return self
 
     def down(self, keep_certs: bool = False) -> None:
-        """Stop every component and delete the cluster's data: no process or port survives."""
+        """Stop every component and delete the cluster's data: no process, port, mount, network
+        namespace, veth, route or nftables rule survives."""
         state = self._load_state()
+        if pid := state.pids.pop("kuberay-operator", None):
+            processes.stop([pid], timeout=5.0)
+        if state.real_node or self.node.paths.state.exists():
+            self.node.down()
         # Test data only: a short grace period, then SIGKILL (the API server otherwise drains
         # watches for up to a minute).
         processes.stop([p for p in state.pids.values() if p], timeout=3.0)
+        network.FakeAddressRoutes(str(self.state_dir)).remove()
+        if state.real_node:
+            network.NodeNetwork().down()
+            network.release_real_node(str(self.state_dir))
         if keep_certs:
             for sub in ("etcd", "state.json"):
                 path = self.state_dir / sub
@@ -171,7 +250,83 @@ class LocalCluster:
             "ports": state.ports,
             "ready": bool(state.ports) and self._ready(state, 2.0),
             "kubeconfig": str(self.kubeconfig),
+            "realNode": NODE_NAME if state.real_node else None,
         }
+
+    # -- the real node -----------------------------------------------------------------------
+    def _check_real_node_host(self) -> None:
+        """Fail at once, naming what is missing and how to fix it."""
+        problems = missing_prerequisites()
+        missing = [n for n in NODE_BINARIES if not os.access(binary_path(n), os.X_OK)]
+        if missing and shutil.which("go") is None:
+            problems.append(
+                f"Go 1.26+ is needed to build {', '.join(missing)}: install it from https://go.dev/dl"
+            )
+        if problems:
+            raise ClusterError("cannot start a real node on this machine:\n  - " + "\n  - ".join(problems))
+        owner = network.claim_real_node(str(self.state_dir))
+        if owner:
+            raise ClusterError(
+                f"another local cluster runs the real node ({owner}); stop it first with "
+                "`hnav dev cluster down --name <its name>` (one real node per machine)"
+            )
+
+    def _issue_node_certs(self) -> None:
+        pki_dir = self.state_dir / "pki"
+        issue_cert(
+            pki_dir,
+            "kubelet",
+            CertRequest(NODE_NAME, dns_names=(NODE_NAME,), ip_addresses=(network.NODE_IP,), server=True),
+        )
+        issue_cert(
+            pki_dir, "apiserver-kubelet-client", CertRequest("kube-apiserver-kubelet-client", client=True)
+        )
+
+    def _start_real_node(self, image_names: list[str] | None, timeout: float) -> None:
+        from healthnav.devenv import images as local_images
+        from healthnav.operator.kube import Kube
+
+        kube = Kube(self.api_client(), max_workers=2)
+        try:
+            for obj in node_rbac():
+                kube.create_or_get(obj)
+        finally:
+            kube.close()
+        names = [
+            local_images.PAUSE,
+            *(n for n in (image_names or local_images.DEFAULT_NAMES) if n != "pause"),
+        ]
+        built = local_images.ensure_images(names)
+        engine = local_images.detect_engine()
+        to_load = [
+            NodeImage(i.ref, i.image_id, functools.partial(local_images.export_argv, engine, i.ref))
+            for i in built
+        ]
+        kubeconfigs = {k: self.state_dir / f"{k}.kubeconfig" for k in ("kubelet", "kube-proxy", "coredns")}
+        sandbox = next(i for i in built if i.name == local_images.PAUSE)
+        self.node.up(kubeconfigs, self._real_node_ready, to_load, sandbox.ref, timeout=timeout)
+
+    def _real_node_ready(self) -> bool:
+        from kubernetes import client
+
+        node = client.CoreV1Api(self.api_client()).read_node(NODE_NAME)
+        return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+
+    def _start_kuberay(self, state: ClusterState) -> None:
+        """KubeRay's operator, outside the cluster, reaching Ray's dashboard through the API server."""
+        from healthnav.devenv.kuberay import install_crds, install_rbac, operator_args
+
+        install_crds(self.api_client())
+        install_rbac(self.api_client(), user=NODE_USERS["kuberay"][0])
+        health = processes.free_port()
+        state.pids["kuberay-operator"] = processes.start(
+            operator_args(metrics_port=state.ports["kuberay"], health_port=health),
+            self._log("kuberay-operator"),
+            tie_to_parent=self.tie_to_parent,
+            env={"KUBECONFIG": str(self.state_dir / "kuberay.kubeconfig")},
+        )
+        self._save_state(state)
+        self._wait(lambda: processes.port_open(health), "kuberay-operator", 60)
 
     # -- clients -----------------------------------------------------------------------------
     def api_client(self) -> ApiClient:
@@ -196,24 +351,17 @@ class LocalCluster:
 
     # -- internals ---------------------------------------------------------------------------
     def _write_auth(self, state: ClusterState, ca_file: Path) -> None:
-        groups = {
-            "admin": "system:masters",
-            "controller-manager": "system:masters",
-            "scheduler": "system:masters",
-        }
-        groups["kwok"] = "system:masters"
-        users = {"admin": "admin", "controller-manager": "system:kube-controller-manager"}
-        users |= {"scheduler": "system:kube-scheduler", "kwok": "kwok"}
-        rows = [f'{state.tokens[k]},{users[k]},{users[k]},"{groups[k]}"' for k in state.tokens]
+        users = {**CONTROL_PLANE_USERS, **NODE_USERS}
+        rows = [f'{state.tokens[k]},{users[k][0]},{users[k][0]},"{users[k][1]}"' for k in state.tokens]
         tokens = self.state_dir / "pki" / "tokens.csv"
         tokens.write_text("\n".join(rows) + "\n")
         tokens.chmod(0o600)
-        server = f"https://127.0.0.1:{state.ports['apiserver']}"
+        server = f"https://{self.server_ip}:{state.ports['apiserver']}"
         for key, path in (
             ("admin", self.kubeconfig),
-            *((k, self.state_dir / f"{k}.kubeconfig") for k in users),
+            *((k, self.state_dir / f"{k}.kubeconfig") for k in state.tokens),
         ):
-            path.write_text(yaml.safe_dump(_kubeconfig(server, ca_file, users[key], state.tokens[key])))
+            path.write_text(yaml.safe_dump(_kubeconfig(server, ca_file, users[key][0], state.tokens[key])))
             path.chmod(0o600)
 
     def _start(self, state: ClusterState, component: str, args: list[str]) -> None:
@@ -245,7 +393,7 @@ class LocalCluster:
             return False
         try:
             r = httpx.get(
-                f"https://127.0.0.1:{state.ports['apiserver']}/readyz",
+                f"https://{self._server_ip(state)}:{state.ports['apiserver']}/readyz",
                 headers={"Authorization": f"Bearer {state.tokens['admin']}"},
                 verify=ssl.create_default_context(cafile=str(self.state_dir / "pki" / "ca.crt")),
                 timeout=timeout,
@@ -283,8 +431,8 @@ class LocalCluster:
         return [
             str(binary),
             f"--etcd-servers=http://127.0.0.1:{state.ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.server_ip}",
+            f"--advertise-address={self.server_ip}",
             f"--secure-port={state.ports['apiserver']}",
             f"--cert-dir={self.state_dir / 'pki'}",
             f"--tls-cert-file={pki['serving_cert']}",
@@ -293,13 +441,12 @@ class LocalCluster:
             # Published in kube-system/extension-apiserver-authentication, which the scheduler's
             # and controller-manager's own servers wait for.
             f"--client-ca-file={pki['ca_cert']}",
-            "--authorization-mode=RBAC",
+            *(() if self.real_node else ("--authorization-mode=RBAC",)),
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={pki['sa_pub']}",
             f"--service-account-signing-key-file={pki['sa_key']}",
             "--api-audiences=https://kubernetes.default.svc",
-            "--service-cluster-ip-range=10.96.0.0/16",
-            "--endpoint-reconciler-type=none",
+            f"--service-cluster-ip-range={network.SERVICE_CIDR}",
             "--allow-privileged=true",
             # It taints new nodes not-ready until node lifecycle (off: no kubelets) lifts the taint.
             "--disable-admission-plugins=TaintNodesByCondition",
@@ -308,6 +455,22 @@ class LocalCluster:
             "--max-mutating-requests-inflight=500",
             "--profiling=false",
             "--v=1",
+            *(self._real_node_apiserver_args() if self.real_node else ["--endpoint-reconciler-type=none"]),
+        ]
+
+    def _real_node_apiserver_args(self) -> list[str]:
+        """What a kubelet needs of the API server: the Node authorizer, and a verified way back to it."""
+        pki_dir = self.state_dir / "pki"
+        return [
+            # The `kubernetes` Service's endpoint is the advertised address: pods reach the API there.
+            "--endpoint-reconciler-type=lease",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-certificate-authority={pki_dir / 'ca.crt'}",
+            f"--kubelet-client-certificate={pki_dir / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki_dir / 'apiserver-kubelet-client.key'}",
+            # The node's InternalIP (the pod bridge's address), never a name to look up in DNS.
+            "--kubelet-preferred-address-types=InternalIP",
         ]
 
     def _kcm_args(self, binary: Path, pki: dict[str, Path]) -> list[str]:
@@ -347,11 +510,14 @@ class LocalCluster:
         return [
             str(binary),
             f"--kubeconfig={self.state_dir / 'kwok.kubeconfig'}",
-            "--manage-all-nodes=true",
+            # Only the simulated nodes: the real node has its own kubelet.
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--config={STAGES_FILE}",
             f"--server-address=127.0.0.1:{state.ports['kwok']}",
-            "--cidr=10.244.0.0/16",
-            "--node-ip=10.0.0.10",
+            # Addresses routed `unreachable` (healthnav.devenv.network): nothing dials them off-machine.
+            f"--cidr={network.FAKE_POD_CIDR}",
+            f"--node-ip={network.FAKE_NODE_IP}",
         ]
 
 

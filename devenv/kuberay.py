@@ -7,8 +7,12 @@ the CRDs come from the source of truth: ``config/crd/bases/`` of the Go module
 fetched with ``go mod download -json`` (checksummed by the Go module proxy and sum database)
 and copied into ``$HEALTHNAV_CACHE/kuberay-<version>/``. Nothing lands in the repository.
 
-Running the ray-operator itself is optional (it needs a Go build and pods that really run
-Ray); tests play KubeRay's part by patching the RayService status subresource.
+With a real node (``hnav dev cluster up --real-node``) KubeRay's operator itself runs: the
+``ray-operator`` binary built from the same module (``build-binaries.sh kuberay``), outside the
+cluster, as the user ``kuberay-operator`` bound to the ClusterRole from the module's
+``config/rbac/role.yaml``. It reaches each Ray head's dashboard through the API server's Service
+proxy (``--use-kubernetes-proxy``), so it needs no cluster DNS. Without a real node, tests play
+KubeRay's part by patching the RayService status subresource.
 """
 
 from __future__ import annotations
@@ -26,8 +30,12 @@ import yaml
 from healthnav.devenv.binaries import MissingToolchainError, cache_dir, versions
 
 MODULE = "github.com/ray-project/kuberay/ray-operator"
-CRD_FILES = ("ray.io_rayservices.yaml", "ray.io_rayclusters.yaml")
+# All three: the ray-operator starts its RayJob controller too and exits when that kind's cache
+# cannot sync (found on the real node: it served for two minutes, then stopped).
+CRD_FILES = ("ray.io_rayservices.yaml", "ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml")
 CRD_DIR_IN_MODULE = Path("config/crd/bases")
+ROLE_IN_MODULE = Path("config/rbac/role.yaml")
+ROLE_FILE = "kuberay-operator-role.yaml"
 
 
 def kuberay_version() -> str:
@@ -39,11 +47,11 @@ def crd_cache_dir(version: str | None = None) -> Path:
 
 
 def ensure_crds(version: str | None = None) -> dict[str, Path]:
-    """Paths of KubeRay's RayService and RayCluster CRDs, downloading the module when not cached."""
+    """Paths of KubeRay's CRDs (RayService, RayCluster, RayJob), downloading the module when not cached."""
     version = version or kuberay_version()
     out = crd_cache_dir(version)
     paths = {name: out / name for name in CRD_FILES}
-    if all(p.is_file() for p in paths.values()):
+    if all(p.is_file() for p in paths.values()) and (out / ROLE_FILE).is_file():
         return paths
     if shutil.which("go") is None:
         raise MissingToolchainError(
@@ -67,11 +75,14 @@ def ensure_crds(version: str | None = None) -> dict[str, Path]:
         raise RuntimeError(
             f"go mod download {MODULE}@{version} failed: {info.get('Error') or done.stderr[-500:]}"
         )
-    source = Path(info["Dir"]) / CRD_DIR_IN_MODULE
+    module = Path(info["Dir"])
     out.mkdir(parents=True, exist_ok=True)
-    for name, path in paths.items():
+    for source, path in [
+        *((module / CRD_DIR_IN_MODULE / name, path) for name, path in paths.items()),
+        (module / ROLE_IN_MODULE, out / ROLE_FILE),
+    ]:
         tmp = path.with_suffix(".tmp")
-        shutil.copyfile(source / name, tmp)
+        shutil.copyfile(source, tmp)
         tmp.chmod(0o644)  # the module cache is read-only
         tmp.replace(path)
     return paths
@@ -103,12 +114,57 @@ def install_crds(api_client: Any, version: str | None = None, timeout: float = 6
                 kube.request("PUT", f"{base}/{name}", body=crd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if {"rayservices", "rayclusters"} <= _served(kube):
+            if {"rayservices", "rayclusters", "rayjobs"} <= _served(kube):
                 return names
             time.sleep(0.25)
         raise TimeoutError(f"KubeRay CRDs not served within {timeout} s")
     finally:
         kube.close()
+
+
+def install_rbac(api_client: Any, user: str, version: str | None = None) -> None:
+    """KubeRay's own ClusterRole (from its module), bound to ``user``: the operator's least privilege."""
+    from healthnav.operator.kube import Kube
+
+    ensure_crds(version)
+    role = next(
+        doc
+        for doc in yaml.safe_load_all((crd_cache_dir(version) / ROLE_FILE).read_text())
+        if doc and doc.get("kind") == "ClusterRole"
+    )
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": role["metadata"]["name"]},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": role["metadata"]["name"],
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    kube = Kube(api_client, max_workers=2)
+    try:
+        for body in (role, binding):
+            kube.create_or_get(body)
+    finally:
+        kube.close()
+
+
+def operator_args(metrics_port: int, health_port: int) -> list[str]:
+    """The ray-operator's command line for a run outside the cluster (KUBECONFIG from the env)."""
+    from healthnav.devenv.binaries import binary_path
+
+    return [
+        str(binary_path("ray-operator")),
+        # One operator, outside the cluster: no Lease to elect it (and no namespace to hold one).
+        "--enable-leader-election=false",
+        # Ray's dashboard through the API server's Service proxy: no cluster DNS needed.
+        "--use-kubernetes-proxy",
+        f"--metrics-addr=127.0.0.1:{metrics_port}",
+        f"--health-probe-bind-address=127.0.0.1:{health_port}",
+        "--log-stdout-encoder=console",
+    ]
 
 
 def uninstall_crds(api_client: Any, timeout: float = 60.0) -> None:
@@ -117,7 +173,7 @@ def uninstall_crds(api_client: Any, timeout: float = 60.0) -> None:
 
     kube = Kube(api_client, max_workers=2)
     try:
-        for name in ("rayservices.ray.io", "rayclusters.ray.io"):
+        for name in ("rayservices.ray.io", "rayclusters.ray.io", "rayjobs.ray.io"):
             kube.delete("apiextensions.k8s.io/v1", "customresourcedefinitions", None, name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _served(kube):

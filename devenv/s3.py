@@ -1,4 +1,5 @@
-"""A local S3-protocol server (moto's standalone server) on 127.0.0.1.
+"""A local S3-protocol server (moto's standalone server) on 127.0.0.1, or on the real node's
+bridge address (``host=healthnav.devenv.network.NODE_IP``) so that pods reach it too.
 
 Code under test talks to it exactly as it talks to AWS S3: boto3 from the standard chain,
 the endpoint taken from ``AWS_ENDPOINT_URL_S3``. Nothing in healthnav knows it is local.
@@ -14,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from healthnav.devenv import processes
 from healthnav.devenv.binaries import cache_dir
@@ -28,6 +30,7 @@ class LocalS3:
     name: str = "default"
     state_dir: Path | None = None
     tie_to_parent: bool = False
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir or cache_dir() / "s3" / self.name
@@ -37,12 +40,13 @@ class LocalS3:
         assert self.state_dir
         return self.state_dir / "state.json"
 
-    def _state(self) -> dict[str, int]:
+    def _state(self) -> dict[str, Any]:
         return json.loads(self._state_file.read_text()) if self._state_file.exists() else {}
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._state()['port']}"
+        state = self._state()
+        return f"http://{state.get('host', '127.0.0.1')}:{state['port']}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -56,24 +60,25 @@ class LocalS3:
 
     def running(self) -> bool:
         state = self._state()
-        return bool(state) and processes.alive(state["pid"]) and processes.port_open(state["port"])
+        host = state.get("host", "127.0.0.1")
+        return bool(state) and processes.alive(state["pid"]) and processes.port_open(state["port"], host)
 
     def up(self, timeout: float = 30.0) -> LocalS3:
-        if self.running():
+        if self.running() and self._state().get("host", "127.0.0.1") == self.host:
             return self
         self.down()
         assert self.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        port = processes.free_port()
+        port = processes.free_port(self.host)
         moto = Path(sys.executable).with_name("moto_server")
         args = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
         log = self.state_dir / "server.log"
         pid = processes.start(
-            [*args, "-H", "127.0.0.1", "-p", str(port)], log, tie_to_parent=self.tie_to_parent
+            [*args, "-H", self.host, "-p", str(port)], log, tie_to_parent=self.tie_to_parent
         )
-        self._state_file.write_text(json.dumps({"pid": pid, "port": port}))
+        self._state_file.write_text(json.dumps({"pid": pid, "port": port, "host": self.host}))
         deadline = time.monotonic() + timeout
-        while not processes.port_open(port):
+        while not processes.port_open(port, self.host):
             if time.monotonic() > deadline or not processes.alive(pid):
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 self.down()

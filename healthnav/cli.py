@@ -11,8 +11,9 @@ import typer
 from healthnav.datapipe.cli import app as data_app
 from healthnav.devenv.cli import app as dev_app
 from healthnav.evaluation.cli import eval_command
+from healthnav.models.cli import app as models_app
 from healthnav.operator.cli import app as operator_app
-from healthnav.operator.cli import plan_command
+from healthnav.planning.cli import plan_command
 from healthnav.serving.cli import app as serve_app
 from healthnav.trainer.cli import train_command
 
@@ -27,6 +28,7 @@ app.command("train", help="Fine-tune a base model with QLoRA/LoRA from a trainer
 app.command("eval", help="Evaluate a model (and adapter) on a dataset's test split; gates and reports.")(
     eval_command
 )
+app.add_typer(models_app, name="models", help="Packaged base models: list, prepare (GGUF to a HF directory).")
 app.add_typer(serve_app, name="serve", help="Run the Ray Serve application locally; red-flag rules.")
 app.command("plan", help="Size a ModelServe for N assessments a month: replicas, cost, break-even.")(
     plan_command

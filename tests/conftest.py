@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
     """A real S3-protocol server on 127.0.0.1; AWS_* variables point boto3 at it for the session."""
-    from healthnav.datapipe.storage import reset_clients
+    from healthnav.contracts.storage import reset_clients
 
     server = LocalS3(f"pytest-{os.getpid()}", tmp_path_factory.mktemp("s3"), tie_to_parent=True).up()
     saved = {k: os.environ.get(k) for k in server.env}

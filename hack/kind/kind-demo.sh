@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 
 import boto3
-from healthnav.datapipe import storage
+from healthnav.contracts import storage
 from healthnav.trainer.tinymodel import create_tiny_model
 
 s3 = boto3.client("s3")

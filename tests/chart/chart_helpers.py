@@ -22,6 +22,7 @@ PRESETS: dict[str, list[Path]] = {
     "eks": [CHART / "values-eks.yaml"],
     "gke": [CHART / "values-gke.yaml"],
     "kind": [CHART / "values-kind.yaml"],
+    "local": [CHART / "values-local.yaml"],
 }
 
 

@@ -76,6 +76,7 @@ def test_operator_cli_accepts_the_rendered_arguments(preset: str) -> None:
     assert params["liveness"].endswith(f":{ports['health']}/healthz")
     assert params["metrics_port"] == ports["metrics"]
     values_namespaces = {"default": [], "kind": ["default"], "eks": ["healthnav"], "gke": ["healthnav"]}
+    values_namespaces["local"] = ["healthnav"]
     assert (params["namespace"] or []) == values_namespaces[preset]
     assert params["all_namespaces"] is (not values_namespaces[preset])
 

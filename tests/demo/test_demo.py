@@ -1,11 +1,14 @@
 """`make demo` cannot rot: the whole demo runs here, as a newcomer would run it.
 
-Nothing is mocked but the GPU: a real S3-protocol server, a locally built model, QLoRA on the
-CPU, Ray Serve, and the operator against a real control plane.
+Nothing is mocked but the GPU: a real S3-protocol server, SmolLM2 from its package, QLoRA on the
+CPU and Ray Serve. Stage 7 (the chart-installed operator, a trainer pod and KubeRay's Ray pods on
+the real node) is left to tests/e2e, which drives the same chart, images and examples' shapes and
+checks more of them; running it twice would cost CI a quarter of an hour.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,11 +16,15 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# The host stages take about 15 minutes on 2 quiet cores (80 QLoRA steps on SmolLM2 ~5 min, the
+# base-vs-fine-tune evaluation of the 35-record test split ~8 min, Ray Serve ~1.5 min), more
+# under load: beyond the suite's 10-minute default, so the test says what it needs.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+HOST_STAGES = ("S3", "Dataset", "Base model", "Fine-tune", "Evaluate", "Serve")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run_demo(demo_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_demo(demo_dir: Path, *args: str, timeout: float = 2400) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HEALTHNAV_DEMO_DIR": str(demo_dir), "COLUMNS": "200"}
     for key in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KUBECONFIG"):
         env.pop(key, None)
@@ -27,12 +34,12 @@ def _run_demo(demo_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=timeout,
     )
 
 
 def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path: Path) -> None:
-    first = _run_demo(tmp_path)
+    first = _run_demo(tmp_path, *HOST_STAGES)
     out = first.stdout
     assert first.returncode == 0, out[-4000:] + first.stderr[-4000:]
     # every stage reported, with its time
@@ -43,19 +50,19 @@ def test_demo_runs_end_to_end_and_reruns_from_cache(tmp_path: Path) -> None:
         "Fine-tune with QLoRA",
         "Evaluate",
         "Serve",
-        "Operator",
     ):
         assert stage in out
     # the emergency case escalates whatever the tiny model generated; the routine one does not
     assert '"risk_level": "emergency"' in out
     assert "routine assessment" in out and "emergency assessment" in out
-    # the operator drove the FineTuneJob to completion on the control plane
-    assert "Succeeded" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["passed"] and [s["stage"] for s in summary["stages"]][-1].startswith("Serve")
+    assert "gate passed" in next(s["result"] for s in summary["stages"] if s["stage"].startswith("Evaluate"))
     assert "s3://healthnav-demo/finetunes/demo/triage-v1/adapter/" in out
     assert (tmp_path / "finetunes" / "demo" / "triage-v1" / "adapter" / "adapter_config.json").exists()
 
     # a second run reuses the dataset, the base model and the adapter
-    second = _run_demo(tmp_path, "S3", "Dataset", "Base model", "Fine-tune")
+    second = _run_demo(tmp_path, "S3", "Dataset", "Base model", "Fine-tune", timeout=600)
     assert second.returncode == 0, second.stdout[-4000:]
     assert "reused the adapter" in second.stdout
     assert "reusing" in second.stdout

@@ -7,8 +7,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from healthnav.datapipe import storage
-from healthnav.datapipe.storage import StorageError, StorageURI
+from healthnav.contracts import storage
+from healthnav.contracts.storage import StorageError
+from healthnav.contracts.uris import StorageURI, is_hub_id
 
 
 def test_boto3_round_trip(s3_bucket: str) -> None:
@@ -50,5 +51,5 @@ def test_uri_parsing() -> None:
     for bad in ("http://169.254.169.254/latest", "s3://Bad_Bucket/x", "relative/path"):
         with pytest.raises(ValueError):
             StorageURI.parse(bad)
-    assert storage.is_hub_id("BioMistral/BioMistral-7B")
-    assert not storage.is_hub_id("s3://models/x")
+    assert is_hub_id("BioMistral/BioMistral-7B")
+    assert not is_hub_id("s3://models/x")

@@ -1,0 +1,1 @@
+"""End-to-end tests on a real node: a package, so that its package-scoped cluster stops when they end."""

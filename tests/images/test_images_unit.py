@@ -260,7 +260,7 @@ def test_pip_config_files_follow_pips_order(tmp_path: Path) -> None:
             [
                 "Could not fetch URL https://pypi.org/simple/pip/: ... CERTIFICATE_VERIFY_FAILED",
                 "Illegal instruction",
-                "Error: building at STEP \"RUN pip install ...\": exit status 132",
+                'Error: building at STEP "RUN pip install ...": exit status 132',
             ],
             "illegal instruction",
         ),

@@ -97,7 +97,17 @@ def test_a_modelserve_becomes_ready_on_ray_pods_and_answers_with_the_openai_clie
         rayservice["status"]["activeServiceStatus"]["applicationStatuses"]["healthnav"]["status"] == "RUNNING"
     )
     client = _client(e2e, name)
-    assert {m.id for m in client.models.list().data} >= {"base"}
+
+    def listed() -> set[str] | None:
+        try:
+            return {m.id for m in client.models.list().data}
+        except Exception:  # openai.APIConnectionError until kube-proxy routes the new endpoints
+            return None
+
+    # Ready follows KubeRay's serve endpoints; kube-proxy programs the Service's routes from the
+    # same EndpointSlice on its own sync, so the first connection may trail Ready by seconds.
+    models = wait_for(listed, timeout=60, what=f"{name}'s Service to route after Ready", interval=1.0)
+    assert models >= {"base"}
     done = client.completions.create(
         model="base", prompt="Fever and a sore throat:", max_tokens=8, temperature=0
     )

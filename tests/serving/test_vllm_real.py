@@ -285,39 +285,3 @@ def test_output_constraints_are_enforced_by_vllms_structured_outputs(
     as_json = Sampling(max_tokens=48, temperature=0, json_schema=schema)
     text = _text(loop.run_until_complete(_collect(engine, as_json, prompt="Fever.")))
     assert text.lstrip().startswith("{") and set(re.findall(r'"([^"]*)"\s*:', text)) <= {"ok"}, text
-
-
-def test_a_dead_engine_core_is_a_retryable_503_and_fails_the_health_check(
-    engine: Any, loop: asyncio.AbstractEventLoop
-) -> None:
-    """vLLM's engine core killed under the replica (an OOM kill, a driver fault): each request gets
-    the retryable error the app answers with a 503 and Retry-After, not a 500, and the replica's
-    health check fails so Ray Serve replaces it. It kills the module's engine, so it runs last."""
-    import time
-
-    import psutil
-
-    from healthnav.serving.engine import EngineUnavailable
-    from healthnav.serving.messages import GenerationError
-    from healthnav.serving.replica import Replica
-
-    cores = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "EngineCore" in p.name() or any("EngineCore" in part for part in p.cmdline())
-    ]
-    assert cores, "vLLM's engine core process was not found among this process's children"
-    for proc in cores:
-        proc.kill()
-    deadline = time.monotonic() + 60
-    while not engine.engine.errored:  # vLLM's monitor notices the dead process
-        assert time.monotonic() < deadline, "vLLM did not notice that its engine core died"
-        loop.run_until_complete(asyncio.sleep(0.2))
-    with pytest.raises(EngineUnavailable, match="retry"):
-        loop.run_until_complete(_collect(engine, GREEDY))
-    answer = GenerationError.from_engine(EngineUnavailable("stopped"))
-    assert answer.status == 503 and answer.code == "engine_unavailable"
-    holder = Replica.__new__(Replica)  # check_health reads only the engine
-    holder.engine = engine
-    with pytest.raises(Exception):  # noqa: B017  (vLLM's EngineDeadError)
-        loop.run_until_complete(holder.check_health())

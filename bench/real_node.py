@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,14 @@ from healthnav.devenv.chart import Release, install_operator, kubectl
 from healthnav.devenv.cluster import LocalCluster
 from healthnav.devenv.network import NODE_IP
 from healthnav.devenv.s3 import LocalS3
-from healthnav.devenv.workloads import NAMESPACE, finetunejob, modelserve, staged_base_model, staged_dataset
+from healthnav.devenv.workloads import (
+    NAMESPACE,
+    SteadyTraffic,
+    finetunejob,
+    modelserve,
+    staged_base_model,
+    staged_dataset,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_node.json"
 
@@ -89,35 +95,18 @@ def time_finetune(cluster: LocalCluster, base: str, dataset: str, name: str) -> 
 
 def count_switch_failures(cluster: LocalCluster, ms: str, new_base: str) -> dict[str, int]:
     before = {c["metadata"]["name"] for c in get(cluster, "rayclusters", "-n", NAMESPACE)["items"]}
-    api = client(cluster, ms)
-    results: list[bool] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                api.completions.create(model="base", prompt="Headache:", max_tokens=4)
-                results.append(True)
-            except Exception:
-                results.append(False)
-            time.sleep(0.2)
-
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
     patch = json.dumps({"spec": {"baseModel": {"uri": new_base}}})
-    kubectl(cluster, "patch", "ms", ms, "-n", NAMESPACE, "--type=merge", "-p", patch)
 
     def switched() -> bool:
         rs = get(cluster, "rayservice", ms, "-n", NAMESPACE).get("status") or {}
         active = (rs.get("activeServiceStatus") or {}).get("rayClusterName")
         return bool(active and active not in before and ms_ready(cluster, ms))
 
-    wait(switched, 900, "the switch to a new RayCluster", interval=2)
-    after = len(results)
-    wait(lambda: len(results) >= after + 10, 120, "requests after the switch")
-    stop.set()
-    sender.join(timeout=90)
-    return {"requests": len(results), "failed": results.count(False)}
+    with SteadyTraffic(client(cluster, ms)) as traffic:
+        kubectl(cluster, "patch", "ms", ms, "-n", NAMESPACE, "--type=merge", "-p", patch)
+        wait(switched, 900, "the switch to a new RayCluster", interval=2)
+        traffic.wait_for_more(10, timeout=120)  # answered by the new cluster too
+    return {"requests": traffic.sent, "failed": traffic.failed}
 
 
 def main() -> None:

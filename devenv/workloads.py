@@ -10,7 +10,10 @@ staged to the S3 server the pods reach.
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,3 +114,61 @@ def modelserve(name: str, base_model: str, adapters: list[dict[str, Any]] | None
             "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
         },
     }
+
+
+class SteadyTraffic:
+    """Completions sent one after another from a thread while the ModelServe changes under it.
+
+    What a client of a live endpoint sees during a rollout: every request counts as answered or
+    failed, so "zero failed requests" is a measured figure, not an impression. ``client`` is an
+    ``openai.OpenAI`` pointing at the serve Service.
+
+    Example::
+
+        with SteadyTraffic(client) as traffic:
+            patch_the_base_model()
+            wait_until_switched()
+            traffic.wait_for_more(10, timeout=120)  # answered by the new cluster too
+        assert traffic.sent and traffic.failed == 0
+    """
+
+    def __init__(self, client: Any, *, model: str = "base", interval: float = 0.2) -> None:
+        self.client, self.model, self.interval = client, model, interval
+        self.results: list[bool] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True)
+
+    def _send(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.client.completions.create(model=self.model, prompt="Headache:", max_tokens=4, timeout=60)
+                self.results.append(True)
+            except Exception:  # any failure is what is being counted
+                self.results.append(False)
+            self._stop.wait(self.interval)
+
+    @property
+    def sent(self) -> int:
+        return len(self.results)
+
+    @property
+    def failed(self) -> int:
+        return self.results.count(False)
+
+    def wait_for_more(self, count: int, timeout: float) -> None:
+        """Block until ``count`` more requests than now have finished; TimeoutError otherwise."""
+        target, deadline = self.sent + count, time.monotonic() + timeout
+        while self.sent < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {self.sent - target + count} of {count} requests in {timeout} s")
+            time.sleep(0.2)
+
+    def __enter__(self) -> SteadyTraffic:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=90)

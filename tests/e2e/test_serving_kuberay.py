@@ -11,7 +11,6 @@ ModelServe not Ready with the reason in its conditions.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from kube_helpers import wait_for
 
 from healthnav.devenv.node import NODE_NAME
+from healthnav.devenv.workloads import SteadyTraffic
 
 from .e2e_helpers import (
     E2E,
@@ -151,46 +151,19 @@ def test_a_new_base_model_rolls_to_a_new_raycluster_without_failed_requests(
     for uri, _ in storage.list_objects(served["base"]):  # the same weights under a new name
         storage.write_bytes(new_base + uri.key.rsplit("/", 1)[-1], storage.read_bytes(uri))
     before = {c["metadata"]["name"] for c in e2e.get("rayclusters", "-n", NAMESPACE)["items"]}
-    client = _client(e2e, name)
-    results: list[bool] = []
-    stop = threading.Event()
-
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                client.completions.create(model="base", prompt="Headache:", max_tokens=4, timeout=60)
-                results.append(True)
-            except Exception:
-                results.append(False)
-            time.sleep(0.2)
-
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
-    e2e.kubectl(
-        "patch",
-        "ms",
-        name,
-        "-n",
-        NAMESPACE,
-        "--type=merge",
-        "-p",
-        f'{{"spec":{{"baseModel":{{"uri":"{new_base}"}}}}}}',
-    )
+    patch = f'{{"spec":{{"baseModel":{{"uri":"{new_base}"}}}}}}'
 
     def switched() -> bool:
         rs = e2e.get("rayservice", name, "-n", NAMESPACE)
         active = rs.get("status", {}).get("activeServiceStatus", {}).get("rayClusterName")
         return bool(active and active not in before and _ready(e2e, name))
 
-    wait_for(switched, timeout=READY_TIMEOUT, what="the switch to a new RayCluster", interval=2.0)
-    # Keep the traffic going until requests have been answered by the new cluster too.
-    after_switch = len(results)
-    wait_for(lambda: len(results) >= after_switch + 10, timeout=120, what="requests after the switch")
-    stop.set()
-    sender.join(timeout=90)
-    failed = results.count(False)
-    print(f"base-model switch: {len(results)} requests, {failed} failed")
-    assert results and failed == 0
+    with SteadyTraffic(_client(e2e, name)) as traffic:
+        e2e.kubectl("patch", "ms", name, "-n", NAMESPACE, "--type=merge", "-p", patch)
+        wait_for(switched, timeout=READY_TIMEOUT, what="the switch to a new RayCluster", interval=2.0)
+        traffic.wait_for_more(10, timeout=120)  # answered by the new cluster too
+    print(f"base-model switch: {traffic.sent} requests, {traffic.failed} failed")
+    assert traffic.sent and traffic.failed == 0
 
 
 def test_a_crash_looping_ray_head_keeps_the_modelserve_not_ready_with_the_reason(

@@ -220,8 +220,8 @@ def fine_tune(ctx: DemoContext, notes: list[str]) -> None:
     from healthnav.trainer.config import LoraSpec, QuantizationSpec, TrainerConfig, TrainingSpec
     from healthnav.trainer.train import run
 
-    adapter_local = ctx.finetune_local / "adapter"
-    if (adapter_local / "adapter_config.json").exists() and (ctx.finetune_local / "metrics.json").exists():
+    adapter_local = ctx.finetune_local / RunOutput.ADAPTER
+    if (adapter_local / "adapter_config.json").exists() and (ctx.finetune_local / RunOutput.METRICS).exists():
         storage.upload_dir(ctx.finetune_local, ctx.finetune_uri)
         notes.append("reused the adapter from the last run")
     else:
@@ -275,7 +275,7 @@ def evaluate(ctx: DemoContext, notes: list[str]) -> None:
         )
     )
     doc = json.loads(storage.read_text(str(ctx.run_output.eval_metrics)))
-    storage.download_dir(str(ctx.run_output.eval_dir), ctx.finetune_local / "eval")
+    storage.download_dir(str(ctx.run_output.eval_dir), ctx.finetune_local / RunOutput.EVAL)
     columns = [("base", doc.get("base") or {}), ("fine-tune", doc.get("candidate") or {})]
     columns.append(("API reference", doc.get("reference") or {}))
     table = Table(

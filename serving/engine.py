@@ -176,6 +176,39 @@ class TokenScores:
     top: list[dict[str, float] | None]
 
 
+def scores_in_text(scores: TokenScores, text_len: int, *, ended_on_eos: bool = False) -> TokenScores:
+    """The generated tokens to report for a completion whose returned text is ``text_len`` long.
+
+    Engines score every token they generated, including those of a stop string (cut from the
+    text) and the EOS token. Tokens that start after a stop-string cut are dropped; the EOS that
+    ended a generation (``ended_on_eos``: the last of ``scores``) is kept, with no text, as vLLM's
+    OpenAI server reports it. lm-evaluation-harness relies on that: it scores an echoed prompt by
+    asking for one generated token and dropping the last position, so a missing EOS would cost
+    it the prompt's last token.
+
+    >>> s = TokenScores(["Hi", "###", "</s>"], [-1.0, -2.0, -0.5], [None, None, None])
+    >>> scores_in_text(s, 2).tokens                     # "###" was a stop string: it goes
+    ['Hi']
+    >>> s = TokenScores(["Hi", "</s>"], [-1.0, -0.5], [None, None])
+    >>> scores_in_text(s, 2, ended_on_eos=True).tokens  # the EOS stays, adding no text
+    ['Hi', '']
+    """
+    body = len(scores.tokens) - 1 if ended_on_eos else len(scores.tokens)
+    keep, offset = 0, 0
+    for tok in scores.tokens[:body]:
+        if offset >= text_len:
+            break
+        keep, offset = keep + 1, offset + len(tok)
+    out = TokenScores(scores.tokens[:keep], scores.logprobs[:keep], scores.top[:keep])
+    if ended_on_eos and keep == body and scores.tokens:
+        out.tokens.append("")
+        out.logprobs.append(scores.logprobs[-1])
+        out.top.append(
+            {**(scores.top[-1] or {}), "": scores.logprobs[-1]} if scores.top[-1] is not None else None
+        )
+    return out
+
+
 def incremental_token_texts(decode: Any, ids: list[int], window: int = 8) -> list[str]:
     """The text each token adds, decoding it after a few preceding tokens (as vLLM detokenizes).
 

@@ -35,6 +35,7 @@ from healthnav.serving.engine import (
     check_context,
     incremental_token_texts,
     openai_logprobs,
+    scores_in_text,
 )
 from healthnav.serving.engines.constraints import Constrainer
 
@@ -128,11 +129,13 @@ class TransformersEngine:
         self.waiting += 1
         thread.start()
         generated: list[int] = []
+        ended_on_eos = False  # scored like any generated token, though it adds no text
         emitted = ""
         sent = 0  # characters of completion text handed out, after stop-string cutting
         stopper = StopBuffer(sampling.stop)
         try:
             while (item := await queue.get()) is not None:
+                ended_on_eos = ended_on_eos or self.tokenizer.eos_token_id in item
                 generated.extend(t for t in item if t != self.tokenizer.eos_token_id)
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
                 if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
@@ -153,8 +156,9 @@ class TransformersEngine:
             if sampling.logprobs is not None:
                 thread.join()  # the model is shared: score once generation has let go of it
                 kept = emitted[: sent + len(tail)]
+                scored = [*generated, self.tokenizer.eos_token_id] if ended_on_eos else generated
                 scores = await asyncio.to_thread(
-                    self.score, ids[0].tolist(), generated, kept, sampling, adapter
+                    self.score, ids[0].tolist(), scored, kept, sampling, adapter, ended_on_eos
                 )
             yield Chunk(tail, finish, prompt_tokens, len(generated), logprobs=scores)
         finally:
@@ -223,6 +227,7 @@ class TransformersEngine:
         completion_text: str,
         sampling: Sampling,
         adapter: str | None,
+        ended_on_eos: bool = False,
     ) -> dict[str, Any]:
         """OpenAI ``logprobs`` from one forward pass over prompt + completion (blocking).
 
@@ -266,12 +271,8 @@ class TransformersEngine:
             return TokenScores(texts, chosen[base : base + len(ids)], tops)
 
         prompt = part(prompt_ids, 0) if sampling.echo else None
-        completion = part(completion_ids, len(prompt_ids))
-        keep, offset = 0, 0
-        for tok in completion.tokens:  # drop tokens that start after a stop-string cut
-            if offset >= len(completion_text):
-                break
-            keep, offset = keep + 1, offset + len(tok)
-        completion = TokenScores(completion.tokens[:keep], completion.logprobs[:keep], completion.top[:keep])
+        completion = scores_in_text(
+            part(completion_ids, len(prompt_ids)), len(completion_text), ended_on_eos=ended_on_eos
+        )
         prompt_chars = len(decode(prompt_ids)) if sampling.echo else 0
         return openai_logprobs(prompt, completion, completion_offset=prompt_chars, top_n=top_n)

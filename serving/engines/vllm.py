@@ -29,6 +29,7 @@ from healthnav.serving.engine import (
     check_context,
     incremental_token_texts,
     openai_logprobs,
+    scores_in_text,
 )
 
 
@@ -114,20 +115,6 @@ def vllm_token_scores(decode: Any, token_ids: list[int], entries: list[Any] | No
         }
         tops.append({**alts, texts[i]: values[-1]})
     return TokenScores(texts, values, tops)
-
-
-def drop_after(scores: TokenScores, text_len: int) -> TokenScores:
-    """The tokens that start inside the returned text, as the transformers engine reports them.
-
-    vLLM's ``token_ids`` (and their log-probabilities) include the tokens that made a stop
-    string and the EOS token, though its text stops before them.
-    """
-    keep, offset = 0, 0
-    for tok in scores.tokens:
-        if offset >= text_len:
-            break
-        keep, offset = keep + 1, offset + len(tok)
-    return TokenScores(scores.tokens[:keep], scores.logprobs[:keep], scores.top[:keep])
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
@@ -320,6 +307,10 @@ class VLLMEngine:
             ids, entries = [], []
         else:
             ids, entries = list(completion.token_ids), completion.logprobs
-        scores = drop_after(vllm_token_scores(decode, ids, entries), len(completion.text))
+        eos = getattr(self._tokenizer, "eos_token_id", None)
+        ended_on_eos = bool(ids) and ids[-1] == eos and completion.finish_reason == "stop"
+        scores = scores_in_text(
+            vllm_token_scores(decode, ids, entries), len(completion.text), ended_on_eos=ended_on_eos
+        )
         offset = len(decode(prompt_ids)) if sampling.echo else 0
         return openai_logprobs(prompt, scores, completion_offset=offset, top_n=sampling.logprobs)

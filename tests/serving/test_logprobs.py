@@ -179,3 +179,22 @@ def test_requests_that_cannot_be_honoured_are_refused_not_ignored() -> None:
         )
     with pytest.raises(EngineRequestError, match="no log-probabilities"):
         _run(EchoEngine(_cfg()), Sampling(max_tokens=0, logprobs=0, echo=True))
+
+
+def test_a_generation_that_ends_on_eos_reports_the_eos_position(engine: TransformersEngine) -> None:
+    """lm-evaluation-harness scores an echoed prompt by asking for one generated token and dropping
+    the last position (vLLM's OpenAI server always reports it, the EOS included). Were the EOS
+    left out, the harness would silently drop the prompt's last token instead."""
+    first = _run(engine, Sampling(max_tokens=1, temperature=0.0, logprobs=0))
+    greedy_first = engine.tokenizer(PROMPT + "".join(c.text for c in first))["input_ids"][-1]
+    saved = engine.tokenizer.eos_token_id
+    engine.tokenizer.eos_token_id = greedy_first  # the model's greedy first token now ends it
+    try:
+        chunks = _run(engine, Sampling(max_tokens=1, temperature=0.0, logprobs=1, echo=True))
+    finally:
+        engine.tokenizer.eos_token_id = saved
+    lp = chunks[-1].logprobs
+    n_prompt = len(engine.tokenizer(PROMPT)["input_ids"])
+    assert chunks[-1].finish_reason == "stop"
+    assert len(lp["tokens"]) == n_prompt + 1 and lp["tokens"][-1] == ""
+    assert lp["token_logprobs"][-1] is not None and lp["token_logprobs"][-1] < 0

@@ -480,6 +480,7 @@ class RealNode:
         if pid := state.pids.get("containerd"):
             processes.stop([pid], timeout=10.0)
         self._kill_shims()
+        self._kill_cgroup_processes()
         self._unmount_all()
         self._cleanup_kube_proxy()
         self.network.down()
@@ -495,6 +496,7 @@ class RealNode:
         state = self._load()
         found += [f"process {c} ({p})" for c, p in state.pids.items() if processes.alive(p)]
         found += [f"process {pid}: {cmd}" for pid, cmd in self._our_processes()]
+        found += [f"process {pid} in the node's cgroups" for pid in sorted(self._cgroup_pids())]
         found += [f"mount {m}" for m in self._our_mounts()]
         if self.network.exists():
             found.append(f"bridge {self.network.bridge}")
@@ -727,6 +729,29 @@ class RealNode:
             else [Path("/sys/fs/cgroup", c) for c in CGROUP_V1_CONTROLLERS]
         )
         return [str(b / root) for b in bases if (b / root).exists()]
+
+    def _cgroup_pids(self) -> set[int]:
+        """Every process in the node's cgroup subtree.
+
+        Containers outlive a shim that was killed (the command that started the node died, and the
+        kernel's parent-death signal took containerd and its shims with it): nothing names them
+        but the cgroups the kubelet put them in, which are all under the node's own root.
+        """
+        pids: set[int] = set()
+        for top in self._our_cgroups():
+            for procs in Path(top).rglob("cgroup.procs"):
+                with contextlib.suppress(OSError, ValueError):
+                    pids.update(int(x) for x in procs.read_text().split())
+        pids.discard(os.getpid())
+        return pids
+
+    def _kill_cgroup_processes(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (pids := self._cgroup_pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
 
     def _remove_cgroups(self) -> None:
         for top in self._our_cgroups():

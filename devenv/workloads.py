@@ -104,7 +104,7 @@ def modelserve(name: str, base_model: str, adapters: list[dict[str, Any]] | None
             "resources": {
                 "gpusPerReplica": 0,
                 "cpu": "500m",
-                "memory": "4Gi",
+                "memory": "6Gi",  # vLLM CPU: ~3 GiB in its three processes + 1 GiB KV cache
                 "shmSize": "512Mi",
                 "headCpu": "250m",
                 "headMemory": "2Gi",

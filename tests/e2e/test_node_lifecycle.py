@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,9 +45,12 @@ def _machine() -> dict[str, object]:
     }
 
 
-def _kubectl(cluster: LocalCluster, *args: str) -> str:
+def _kubectl(cluster: LocalCluster, *args: str, input_text: str | None = None) -> str:
     proc = subprocess.run(
-        [kubectl_path(), "--kubeconfig", str(cluster.kubeconfig), *args], capture_output=True, text=True
+        [kubectl_path(), "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        input=input_text,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -96,3 +101,48 @@ def test_a_real_node_runs_a_pod_and_down_leaves_nothing_behind(tmp_path: Path) -
         assert after[key] == before[key], f"{key} changed: before {before[key]!r}, after {after[key]!r}"
     for port in ports:
         assert not processes.port_open(port) and not processes.port_open(port, network.NODE_IP)
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+from healthnav.devenv import images
+from healthnav.devenv.cluster import LocalCluster
+
+cluster = LocalCluster(sys.argv[1], Path(sys.argv[2]), tie_to_parent=True, real_node=True)
+cluster.up(timeout=300, images=[images.PYTHON])
+print("up", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_down_after_the_starting_process_died_leaves_no_pod_running(tmp_path: Path) -> None:
+    """A test or demo killed mid-run (SIGKILL, OOM): the kernel's parent-death signal stops the
+    node's services and containerd's shims with it, but the pods' own processes live on, parented
+    to init, in the node's cgroups. ``down`` must find and stop them there."""
+    python = local_images.ensure_images([local_images.PYTHON])[0]
+    name = f"e2e-orphan-{os.getpid()}"
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, name, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    cluster = LocalCluster(name, tmp_path, real_node=True)
+    try:
+        assert starter.stdout is not None and starter.stdout.readline().strip() == "up"
+        sleeper = probe_pod("sleeper", "default", python.ref)
+        sleeper["spec"]["containers"][0]["args"] = ["-c", "import time; time.sleep(3600)"]
+        _kubectl(cluster, "apply", "-f", "-", input_text=json.dumps(sleeper))
+        deadline = time.monotonic() + 120
+        while _kubectl(cluster, "get", "pod", "sleeper", "-o", "jsonpath={.status.phase}") != "Running":
+            assert time.monotonic() < deadline, "the sleeper pod did not start in 120 s"
+            time.sleep(0.5)
+        starter.send_signal(signal.SIGKILL)
+        starter.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(processes.alive(p) for p in cluster.node._load().pids.values()):
+            assert time.monotonic() < deadline, "the node's services outlived their parent by 30 s"
+            time.sleep(0.2)
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+        cluster.down()
+    assert cluster.node.leftovers() == []

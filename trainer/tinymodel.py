@@ -157,3 +157,44 @@ def pretrain_tiny_model(
         loss_value = loss.item()
     model.save_pretrained(model_dir, safe_serialization=True)
     return loss_value
+
+
+def create_random_adapter(
+    base: Path,
+    out: Path,
+    *,
+    seed: int,
+    rank: int = 8,
+    scale: float = 0.5,
+    only_b: bool = False,
+) -> Path:
+    """A LoRA adapter on q/k/v/o with random non-zero weights, saved as a PEFT directory.
+
+    peft starts ``lora_B`` at zero, a no-op adapter; random weights make every generation differ
+    from the base model's, which is what serving, parity and benchmark checks need to see that
+    the adapter is applied. ``only_b`` keeps peft's ``lora_A`` initialisation and randomises
+    ``lora_B`` only: with a small ``scale`` (e.g. 0.02) the model stays a working language model.
+
+    Example::
+
+        create_random_adapter(smollm2, tmp / "adapter", seed=3, rank=16, scale=0.02, only_b=True)
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        init_lora_weights=only_b,
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or (not only_b and "lora_" in name):
+                param.copy_(torch.randn_like(param) * scale)
+    peft_model.save_pretrained(out)
+    return out

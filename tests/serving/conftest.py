@@ -9,22 +9,9 @@ import pytest
 
 def make_adapter(base: Path, out: Path, seed: int) -> Path:
     """A rank-8 LoRA adapter with random (non-zero) A and B, so it visibly changes generations."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from healthnav.trainer.tinymodel import create_random_adapter
 
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
-    )
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn_like(param) * 0.5)
-    peft_model.save_pretrained(out)
-    return out
+    return create_random_adapter(base, out, seed=seed, rank=8, scale=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -49,21 +49,11 @@ def smollm2() -> Path:
 
 @pytest.fixture(scope="module")
 def adapter(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    """peft's initial A, small random B: it answers differently while staying a language model."""
+    from healthnav.trainer.tinymodel import create_random_adapter
 
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():  # peft starts B at zero (a no-op adapter); give it small random weights
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn_like(param) * 0.02)
     out = tmp_path_factory.mktemp("parity") / "adapter"
-    peft_model.save_pretrained(out)
-    return out
+    return create_random_adapter(smollm2, out, seed=3, rank=16, scale=0.02, only_b=True)
 
 
 @pytest.fixture(scope="module")

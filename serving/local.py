@@ -35,6 +35,8 @@ def local_serve(
 ) -> Iterator[str]:
     """Start Ray and Serve, run ``app`` at ``/``, yield its base URL; shut both down on exit.
 
+    ``app`` may also be a function that builds the application once Ray runs (builders such as
+    Ray Serve LLM's ``build_openai_app`` start a Ray of their own when none is running).
     ``port`` None picks a free one. ``serve_env`` values already set in the environment win (an
     operator's override); ``env_vars`` reach every Ray worker (e.g. S3 credentials for a demo).
     """
@@ -51,7 +53,7 @@ def local_serve(
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, runtime_env=runtime_env)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(app, name=name, route_prefix="/", blocking=False)
+        serve.run(app() if callable(app) else app, name=name, route_prefix="/", blocking=False)
         yield f"http://{host}:{port}"
     finally:
         started = [p for p in _children() if p.pid not in before and _is_ray(p)]

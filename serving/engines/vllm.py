@@ -175,9 +175,16 @@ class VLLMEngine:
 
     def __init__(self, config: ServeAppConfig) -> None:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
+        from vllm.usage.usage_lib import UsageContext
 
         path = materialize(config.base_model, cache=Path(config.adapter_cache_dir).parent)
-        self.engine: Any = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_kwargs(config, path)))
+        # vLLM sizes its batch (max_num_seqs, max_num_batched_tokens) by who runs it: its OpenAI
+        # server's defaults, not the library fallback (128 sequences, 2048 tokens). On an H100/H200
+        # that is 1024 sequences and 8192 tokens a step; without it healthnav would serve an
+        # eighth of the concurrent streams `vllm serve` does (ray-project/ray#59681).
+        self.engine: Any = AsyncLLMEngine.from_engine_args(
+            AsyncEngineArgs(**engine_kwargs(config, path)), usage_context=UsageContext.OPENAI_API_SERVER
+        )
         self.max_model_len = config.engine_args.max_model_len
         self._lora_ids: dict[str, int] = {}
         self._paths: dict[str, str] = {}

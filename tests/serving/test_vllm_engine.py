@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import sys
 import types
 from collections.abc import AsyncIterator
@@ -69,6 +70,11 @@ class SamplingParams:  # vllm.sampling_params.SamplingParams (0.33), the fields 
     structured_outputs: StructuredOutputsParams | None = None
 
 
+class UsageContext(enum.Enum):  # vllm.usage.usage_lib.UsageContext: it picks vLLM's batch defaults
+    ENGINE_CONTEXT = "ENGINE_CONTEXT"
+    OPENAI_API_SERVER = "OPENAI_API_SERVER"
+
+
 @dataclasses.dataclass
 class LoRARequest:
     lora_name: str
@@ -99,8 +105,12 @@ class FakeAsyncLLM:
         self.removed: list[int] = []
 
     @classmethod
-    def from_engine_args(cls, args: AsyncEngineArgs) -> FakeAsyncLLM:
-        return cls(args)
+    def from_engine_args(
+        cls, args: AsyncEngineArgs, usage_context: UsageContext | None = None
+    ) -> FakeAsyncLLM:
+        engine = cls(args)
+        engine.usage_context = usage_context
+        return engine
 
     def get_tokenizer(self) -> WordTokenizer:  # synchronous since vLLM's V1 engine
         return WordTokenizer()
@@ -155,6 +165,11 @@ def vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     lora = types.ModuleType("vllm.lora")
     request = types.ModuleType("vllm.lora.request")
     request.LoRARequest = LoRARequest  # type: ignore[attr-defined]
+    usage = types.ModuleType("vllm.usage")
+    usage_lib = types.ModuleType("vllm.usage.usage_lib")
+    usage_lib.UsageContext = UsageContext  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.usage", usage)
+    monkeypatch.setitem(sys.modules, "vllm.usage.usage_lib", usage_lib)
     for name, mod in (("vllm", module), ("vllm.lora", lora), ("vllm.lora.request", request)):
         monkeypatch.setitem(sys.modules, name, mod)
     return module
@@ -191,6 +206,13 @@ def test_streams_deltas_of_cumulative_outputs_and_tokenizes_once(vllm: Any, tmp_
     sent = engine.engine.prompts[0]
     assert sent == {"prompt_token_ids": [5, 3, 6], "prompt": "Fever and cough."}
     assert engine.engine.aborted == []  # finished normally: nothing to abort
+
+
+def test_vllm_sizes_its_batch_as_for_its_own_openai_server(vllm: Any, tmp_path: Path) -> None:
+    """vLLM's batch defaults depend on who runs it: as a library it takes 128 sequences, as
+    ``vllm serve`` on an H100/H200 1024. healthnav is an OpenAI server and must get the latter."""
+    engine = make_engine(tmp_path)
+    assert engine.engine.usage_context is UsageContext.OPENAI_API_SERVER
 
 
 def test_adapter_requests_carry_their_lora_and_unknown_adapters_are_rejected(

@@ -96,6 +96,11 @@ class EngineMetrics:
             description="Adapter loads (cache misses) per adapter.",
             tag_keys=("adapter",),
         )
+        self.adapter_refusals = metrics.Counter(
+            "healthnav_adapter_refusals_total",
+            description="Adapters refused at load: the engine did not answer as training did (probes).",
+            tag_keys=("adapter",),
+        )
 
     def set_depth(self, waiting: Any, ongoing: int) -> None:
         self.queue_depth.set(float(waiting or 0))

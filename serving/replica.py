@@ -26,6 +26,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from healthnav.contracts.probes import AdapterProbes
 from healthnav.serving.adapters import AdapterCache, AdapterError, AdapterResolver, ModelRef
 from healthnav.serving.admission import Admission
 from healthnav.serving.config import ServeAppConfig
@@ -34,6 +35,7 @@ from healthnav.serving.engines import make_engine
 from healthnav.serving.errors import ApiError, overloaded, timed_out
 from healthnav.serving.messages import EMPTY_CHUNK, OVERLOADED, Completion, GenerateRequest, GenerationError
 from healthnav.serving.metrics import EngineMetrics, RequestMetrics
+from healthnav.serving.verification import verify_adapter
 
 log = logging.getLogger("healthnav.serving")
 
@@ -127,6 +129,14 @@ class Replica:
             self.cache.unpin(path)
             log.warning("adapter %s failed to load: %s", model_id, type(exc).__name__)
             raise AdapterError(f"adapter {model_id!r} could not be loaded: {exc}") from exc
+        if (probes := AdapterProbes.read(path)) is not None:
+            verdict = await verify_adapter(self.engine, model_id, probes)
+            log.info("adapter %s: %s", model_id, verdict.message)  # figures only, no request text
+            if not verdict.ok:
+                await self.engine.remove_adapter(model_id)
+                self.cache.unpin(path)
+                self.engine_metrics.adapter_refusals.inc(1, tags={"adapter": model_id})
+                raise AdapterError(f"adapter {model_id!r} refused: it {verdict.message}")
         self.engine_metrics.adapter_loads.inc(1, tags={"adapter": model_id})
         return _ResidentAdapter(self, model_id, path)
 

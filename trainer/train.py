@@ -46,6 +46,7 @@ from healthnav.trainer import checkpoint as ckpt
 from healthnav.trainer.config import TERMINATION_LOG, TrainerConfig
 from healthnav.trainer.data import IGNORE_INDEX, Plan, build_plan, collate, epoch_progress, tokenize_records
 from healthnav.trainer.model import load_model, merge_and_save, select_device
+from healthnav.trainer.probes import record_probes
 from healthnav.trainer.progress import ConfigMapProgressReporter, ProgressPrinter
 from healthnav.trainer.report import plot_loss_curve, render_model_card, write_json, write_termination_message
 
@@ -479,6 +480,9 @@ class Trainer:
             adapter_dir = out / RunOutput.ADAPTER
             self.model.save_pretrained(adapter_dir, safe_serialization=True)
             _record_base_model(adapter_dir, self.config.base_model)
+            precision = f"{self.config.method} over {str(self.model.dtype).removeprefix('torch.')}"
+            if (probes := record_probes(self.model, self.loaded.tokenizer, precision=precision)) is not None:
+                probes.write(adapter_dir)  # what serving checks the loaded adapter against
             self.loaded.tokenizer.save_pretrained(adapter_dir)
             if self.config.merge_adapter:
                 merge_and_save(self.base_path, adapter_dir, out / RunOutput.MERGED, self.device)

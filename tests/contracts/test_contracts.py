@@ -16,6 +16,7 @@ from healthnav.contracts.errors import (
     exit_code_for,
 )
 from healthnav.contracts.models import ModelSourceError, cache_dir, materialize
+from healthnav.contracts.probes import PROBES_FILE, AdapterProbes, Probe, judge
 from healthnav.contracts.progress import PROGRESS_KEY, TrainingProgress
 from healthnav.contracts.run_output import RunOutput
 from healthnav.contracts.uris import StorageURI, check_uri, is_hub_id
@@ -99,3 +100,50 @@ def test_materialize_checks_local_models_and_caches_by_uri(tmp_path: Path) -> No
         materialize(str(tmp_path / "missing"), field="adapter")
     one, other = cache_dir("s3://m/a/", tmp_path), cache_dir("s3://m/b/", tmp_path)
     assert one.parent == other.parent == tmp_path / "models" and one != other
+
+
+# --- adapter probes (healthnav/contracts/probes.py) --------------------------------------------
+
+
+def _probes(adapter: list[float], base: list[float]) -> AdapterProbes:
+    probe = Probe(
+        text="prompt and answer", tokens=len(adapter) + 2, adapter_logprobs=adapter, base_logprobs=base
+    )
+    return AdapterProbes(probes=[probe], precision="float32")
+
+
+def _served(values: list[float]) -> list[float | None]:
+    return [None, -4.0, *values]  # the unscored first token and a prompt token, then the answer
+
+
+def test_probes_accept_the_adapter_and_refuse_its_base_model() -> None:
+    probes = _probes(adapter=[-0.5, -1.0, -0.2], base=[-3.0, -2.5, -4.0])
+    assert judge(probes, [_served([-0.5, -1.0, -0.2])]).ok
+    ignored = judge(probes, [_served([-3.0, -2.5, -4.0])])  # an engine that skipped the LoRA
+    assert not ignored.ok and ignored.to_base == 0 and "answers differently" in ignored.message
+
+
+def test_probes_accept_an_adapter_moved_by_precision_but_nearer_itself_than_its_base() -> None:
+    """QLoRA: trained over a 4-bit base, served over a 16-bit one."""
+    probes = _probes(adapter=[-0.5, -1.0, -0.2], base=[-3.0, -2.5, -4.0])
+    assert judge(probes, [_served([-0.8, -1.3, -0.5])]).ok
+    assert not judge(probes, [_served([-1.9, -1.9, -2.0])]).ok  # halfway to the base: not this adapter
+
+
+def test_probes_of_an_adapter_that_barely_moved_its_base_pass_within_tolerance() -> None:
+    probes = _probes(adapter=[-1.0, -2.0], base=[-1.02, -2.01])
+    assert judge(probes, [_served([-1.03, -1.98])]).ok
+
+
+def test_probes_name_a_tokenizer_mismatch_and_missing_scores() -> None:
+    probes = _probes(adapter=[-1.0], base=[-2.0])
+    assert "tokenizer differs" in judge(probes, [[None, -1.0]]).message
+    assert not judge(probes, [None]).ok
+
+
+def test_probes_round_trip_through_the_adapter_directory(tmp_path: Path) -> None:
+    assert AdapterProbes.read(tmp_path) is None  # an adapter trained without them
+    probes = _probes(adapter=[-1.0], base=[-2.0])
+    probes.write(tmp_path)
+    assert AdapterProbes.read(tmp_path) == probes
+    assert '"adapterLogprobs"' in (tmp_path / PROBES_FILE).read_text()

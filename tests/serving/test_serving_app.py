@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from healthnav.contracts.probes import AdapterProbes
 from healthnav.devenv.processes import free_port
 from healthnav.serving.config import ServeAppConfig
 
@@ -318,6 +319,40 @@ def test_an_adapter_the_engine_cannot_load_is_a_502_naming_it_and_the_replica_li
     assert resp.status_code == 502, resp.text
     err = resp.json()["error"]
     assert name in err["message"] and err["param"] == "model"
+    assert _greedy(served, "triage") and _greedy(served, "tiny")  # the replica still serves
+
+
+def _upload_adapter(served: Served, src: Path, name: str, probes: AdapterProbes, tmp_path: Path) -> None:
+    import shutil
+
+    from healthnav.contracts.storage import upload_dir
+
+    shutil.copytree(src, tmp_path / name)
+    probes.write(tmp_path / name)
+    upload_dir(tmp_path / name, f"{served.prefix}{name}/adapter/", last=("adapter_config.json",))
+
+
+def test_an_adapter_that_answers_as_its_training_recorded_is_served(
+    served: Served, tiny_adapter_probes: AdapterProbes, tmp_path: Path
+) -> None:
+    name = f"checked-{uuid.uuid4().hex[:6]}"
+    _upload_adapter(served, served.adapter_dir, name, tiny_adapter_probes, tmp_path)
+    assert _greedy(served, name) == _greedy(served, "triage")
+
+
+def test_an_adapter_that_answers_differently_from_its_training_is_refused_with_a_502(
+    served: Served, other_adapter_probes: AdapterProbes, tmp_path: Path
+) -> None:
+    """Weights that are not the ones training scored (what an engine that mis-applies LoRA would
+    compute): the replica refuses them instead of serving unknown answers, and serves on."""
+    name = f"diverged-{uuid.uuid4().hex[:6]}"
+    _upload_adapter(served, served.adapter_dir, name, other_adapter_probes, tmp_path)
+
+    resp = served.post("/v1/completions", {"model": name, "prompt": "hello", "max_tokens": 4})
+    assert resp.status_code == 502, resp.text
+    err = resp.json()["error"]
+    assert name in err["message"] and "answers differently from training" in err["message"]
+    assert err["param"] == "model"
     assert _greedy(served, "triage") and _greedy(served, "tiny")  # the replica still serves
 
 

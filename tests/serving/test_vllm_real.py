@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from healthnav.contracts.probes import AdapterProbes
 from healthnav.serving.config import ServeAppConfig
 from healthnav.serving.engine import Chunk, EngineRequestError, Sampling
 
@@ -105,6 +106,43 @@ def _direct(model: Path, ids: list[int], adapter: Path | None = None) -> list[fl
         logits = lm.eval()(input_ids=torch.tensor([ids])).logits[0]
     lp = torch.log_softmax(logits.float(), dim=-1)
     return [float(lp[t - 1, ids[t]]) for t in range(1, len(ids))]
+
+
+def test_the_engine_batches_as_vllms_own_openai_server_does(engine: Any) -> None:
+    """healthnav is an OpenAI server, so vLLM must size its batch as for ``vllm serve``.
+
+    vLLM picks ``max_num_seqs`` and ``max_num_batched_tokens`` by usage context; the library
+    fallback is 128 sequences, where its OpenAI server takes 1024 on an H100/H200. On vLLM's CPU
+    build both contexts happen to agree (128 / 2048), so this catches the regression on a GPU.
+    """
+    from vllm import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    tokens, seqs = EngineArgs.get_batch_defaults(world_size=1)
+    sched = engine.engine.vllm_config.scheduler_config
+    assert sched.max_num_seqs == seqs[UsageContext.OPENAI_API_SERVER]
+    assert sched.max_num_batched_tokens == min(
+        tokens[UsageContext.OPENAI_API_SERVER], sched.max_num_seqs * MAX_MODEL_LEN
+    )
+
+
+def test_vllm_answers_an_adapter_as_peft_recorded_it_in_training(
+    engine: Any,
+    loop: asyncio.AbstractEventLoop,
+    vllm_adapter_probes: AdapterProbes,
+    vllm_retrained_probes: AdapterProbes,
+    on_cpu: bool,
+) -> None:
+    """The check a replica runs before serving an adapter, on the real engine: vLLM's scores of
+    the probes match what peft recorded, and another adapter's probes are told apart."""
+    from healthnav.serving.verification import verify_adapter
+
+    verdict = loop.run_until_complete(verify_adapter(engine, "triage", vllm_adapter_probes))
+    assert verdict.ok, verdict.message
+    if on_cpu:  # float32 kernels on both sides
+        assert verdict.to_adapter < 0.01, verdict.message
+    verdict = loop.run_until_complete(verify_adapter(engine, "triage", vllm_retrained_probes))
+    assert not verdict.ok, verdict.message
 
 
 def test_vllm_engine_generates_with_a_lora_adapter(

@@ -115,6 +115,25 @@ def test_qlora_trains_each_family_and_writes_artifacts(family, tiny_models, data
     )
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
+    # and answers there as the probes training recorded over the 4-bit base say it does, so a
+    # serving replica accepts it (healthnav/contracts/probes.py)
+    import torch
+    from transformers import AutoTokenizer
+
+    from healthnav.contracts.probes import AdapterProbes, judge
+    from healthnav.trainer.probes import token_logprobs
+
+    probes = AdapterProbes.read(out / "adapter")
+    assert probes is not None and probes.precision.startswith("qlora")
+    tok = AutoTokenizer.from_pretrained(str(out / "adapter"))
+    with torch.inference_mode():
+        served = [
+            [None, *token_logprobs(model.eval(), tok(p.text, return_tensors="pt")["input_ids"])]
+            for p in probes.probes
+        ]
+    verdict = judge(probes, served)
+    assert verdict.ok, verdict.message
+
 
 def test_packed_logits_equal_unpacked(tiny_models, records) -> None:
     """No cross-example attention: an example's logits are the same packed with others or alone."""

@@ -47,7 +47,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,10 +265,17 @@ class Sample:
     output_tokens: int = 0
     prompt_tokens: int = 0
     error: str = ""
+    adapter: bool = False
+    """Sent to the LoRA adapter (the mixed phase alternates base and adapter requests)."""
 
 
 async def one_request(client: Any, model: str, prompt: str, stream: bool, max_tokens: int) -> Sample:
     """One greedy chat completion; TTFT is the first chunk that carries content."""
+    sample = await _one_request(client, model, prompt, stream, max_tokens)
+    return replace(sample, adapter=model != MODEL)
+
+
+async def _one_request(client: Any, model: str, prompt: str, stream: bool, max_tokens: int) -> Sample:
     messages = [{"role": "user", "content": prompt}]
     t0 = time.perf_counter()
     try:
@@ -325,7 +332,7 @@ async def run_level(
 
 def requests_for(streams: int, quick: bool) -> int:
     """A fixed request count per level: enough that every stream sends several."""
-    return max(4, streams) if quick else max(8, 2 * streams)
+    return max(4, streams) if quick else max(12, 2 * streams)
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -336,6 +343,7 @@ def summarize(samples: list[Sample], walls: list[float], tokens: list[int]) -> d
     ms = lambda xs: {"p50": round(pct(xs, 50) * 1000, 1), "p99": round(pct(xs, 99) * 1000, 1)}  # noqa: E731
     ttfts = [s.ttft_s for s in ok if s.ttft_s is not None]
     per_round = [t / w for t, w in zip(tokens, walls, strict=True) if w > 0]
+    split = by_model(samples)
     return {
         "requests": len(samples),
         "errors": len(samples) - len(ok),
@@ -346,12 +354,39 @@ def summarize(samples: list[Sample], walls: list[float], tokens: list[int]) -> d
         "outputTokensPerSRounds": [round(x, 1) for x in per_round],
         "meanOutputTokens": round(statistics.mean(s.output_tokens for s in ok), 1) if ok else 0,
         "meanPromptTokens": round(statistics.mean(s.prompt_tokens for s in ok), 1) if ok else 0,
+        **({"byModel": split} if split else {}),
     }
+
+
+def by_model(samples: list[Sample]) -> dict[str, Any] | None:
+    """TTFT and latency of base and adapter requests apart, for a phase that mixes them.
+
+    LoRA requests run slower on vLLM's CPU build (about 350 against 210 ms to first token at one
+    stream), so a mixed phase's p50 falls between two modes and moves with which side of the gap
+    the middle sample lands on; each model's own p50 is the figure to compare.
+    """
+    ok = [s for s in samples if s.ok]
+    if not any(s.adapter for s in ok):
+        return None
+    ms = lambda xs: {"p50": round(pct(xs, 50) * 1000, 1), "p99": round(pct(xs, 99) * 1000, 1)}  # noqa: E731
+    out: dict[str, Any] = {}
+    groups = {"base": [s for s in ok if not s.adapter], "adapter": [s for s in ok if s.adapter]}
+    for label, group in groups.items():
+        ttfts = [s.ttft_s for s in group if s.ttft_s is not None]
+        out[label] = {"ttftMs": ms(ttfts) if ttfts else None, "latencyMs": ms([s.latency_s for s in group])}
+    return out
+
+
+def ttft_delta(ours: dict[str, Any], ref: dict[str, Any]) -> float | None:
+    return (ours["ttftMs"]["p50"] - ref["ttftMs"]["p50"]) if ours["ttftMs"] and ref["ttftMs"] else None
 
 
 def compare(ours: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     """healthnav (or Ray Serve LLM) against vllm-serve: TTFT p50 difference and throughput ratio."""
-    ttft = (ours["ttftMs"]["p50"] - ref["ttftMs"]["p50"]) if ours["ttftMs"] and ref["ttftMs"] else None
+    ttft = ttft_delta(ours, ref)
+    if "byModel" in ours and "byModel" in ref:  # the worse of base and adapter, each against its own
+        deltas = [ttft_delta(ours["byModel"][m], ref["byModel"][m]) for m in ("base", "adapter")]
+        ttft = None if None in deltas else max(d for d in deltas if d is not None)
     thr = ours["outputTokensPerS"] / ref["outputTokensPerS"] if ref["outputTokensPerS"] else None
     lat = ours["latencyMs"]["p50"] / ref["latencyMs"]["p50"] if ref["latencyMs"]["p50"] else None
     return {
@@ -370,28 +405,36 @@ def no_worse(ours: dict[str, Any], theirs: dict[str, Any], slack_ms: float) -> b
         or ours["outputTokensPerS"] < GOAL_THROUGHPUT * theirs["outputTokensPerS"]
     ):
         return False
-    pairs = [("latencyMs", q) for q in ("p50", "p99")]
-    if ours["ttftMs"] and theirs["ttftMs"]:
-        pairs += [("ttftMs", q) for q in ("p50", "p99")]
-    return all(ours[k][q] <= theirs[k][q] + slack_ms for k, q in pairs)
+    figures = [(ours, theirs)]
+    if "byModel" in ours and "byModel" in theirs:
+        figures = [(ours["byModel"][m], theirs["byModel"][m]) for m in ("base", "adapter")]
+    pairs = [(a["latencyMs"][q], b["latencyMs"][q]) for a, b in figures for q in ("p50", "p99")]
+    timed = [(a["ttftMs"], b["ttftMs"]) for a, b in figures if a["ttftMs"] and b["ttftMs"]]
+    pairs += [(a[q], b[q]) for a, b in timed for q in ("p50", "p99")]
+    return all(mine <= other + slack_ms for mine, other in pairs)
 
 
 def goals(levels: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Issue 21's goals, checked on the streamed levels at 1 and 32 streams of every phase."""
+    """Issue 21's goals, checked at 1 and 32 streams of every phase, streamed and not.
+
+    TTFT is compared where it exists (streamed levels); in the mixed phase, base and adapter
+    requests each against their own (:func:`by_model`).
+    """
     verdicts: dict[str, Any] = {}
     for key, servers in levels.items():
-        if not key.endswith("stream") or int(key.split("/")[1].split("x")[0]) not in GOAL_STREAMS:
+        if int(key.split("/")[1].split("x")[0]) not in GOAL_STREAMS:
             continue
         hn, ref = servers.get("healthnav"), servers.get("vllm-serve")
         if not hn or not ref:
             continue
         vs = compare(hn, ref)
         check = {
-            "ttftWithin5ms": vs["ttftP50DeltaMs"] is not None and vs["ttftP50DeltaMs"] <= GOAL_TTFT_MS,
             "throughputAtLeast0.95": vs["throughputRatio"] is not None
             and vs["throughputRatio"] >= GOAL_THROUGHPUT,
             "zeroErrors": hn["errors"] == 0,
         }
+        if hn["ttftMs"] is not None:
+            check["ttftWithin5ms"] = vs["ttftP50DeltaMs"] is not None and vs["ttftP50DeltaMs"] <= GOAL_TTFT_MS
         if (
             "ray-serve-llm" in servers
             and servers["ray-serve-llm"]["errors"] < servers["ray-serve-llm"]["requests"]

@@ -169,4 +169,4 @@ bench-serving: venv base-model $(SERVING_BENCH_STAMP) ## healthnav vs `vllm serv
 
 test-vllm: $(VLLM_STAMP) base-model ## The real vLLM engine (CPU build) behind VLLMEngine: LoRA, stop, abort, echo scores, parity with transformers
 	$(VLLM_VENV)/bin/python -m pytest tests/serving/test_vllm_real.py tests/serving/test_vllm_parity.py \
-	  tests/serving/test_vllm_engine.py $(PYTEST_ARGS)
+	  tests/serving/test_vllm_engine.py tests/serving/test_vllm_serve_process.py $(PYTEST_ARGS)

@@ -7,13 +7,15 @@ start; and Serve and Ray are shut down whatever happens, so no test or demo leav
 ``ray.shutdown()`` stops the GCS, the raylet and the workers, but Ray's dashboard and
 runtime-env agents only exit once they notice their raylet is gone, seconds later, after the
 command that started them has exited; :func:`stop_leftovers` ends every Ray process this
-context started that is still running, so nothing outlives it.
+context started that is still running, and what those started (vLLM's engine core and workers,
+which Ray's SIGKILL of their worker leaves orphaned), so nothing outlives it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -50,16 +52,25 @@ def local_serve(
     port = port or free_port()
     runtime_env = {"env_vars": dict(env_vars)} if env_vars else None
     before = {p.pid for p in _children()}
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, runtime_env=runtime_env)
+    # Ray's node services start now and every worker and engine process inherits their
+    # environment; the caller's own later subprocesses do not (the mark is gone after ray.init).
+    mark = uuid.uuid4().hex
+    os.environ[MARK_ENV] = mark
+    try:
+        ray.init(
+            num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, runtime_env=runtime_env
+        )
+    finally:
+        del os.environ[MARK_ENV]
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app() if callable(app) else app, name=name, route_prefix="/", blocking=False)
         yield f"http://{host}:{port}"
     finally:
-        started = [p for p in _children() if p.pid not in before and _is_ray(p)]
+        started = _with_descendants([p for p in _children() if p.pid not in before and _is_ray(p)])
         serve.shutdown()
         ray.shutdown()
-        stop_leftovers(started)
+        stop_leftovers(started + _marked(mark))
 
 
 LEFTOVER_GRACE_S = 10.0
@@ -70,6 +81,35 @@ def _children() -> list[Any]:
     import psutil
 
     return psutil.Process().children(recursive=True)
+
+
+MARK_ENV = "HEALTHNAV_LOCAL_SERVE"
+"""Set in the environment Ray's processes start with, to find them once reparented to init."""
+
+
+def _marked(mark: str) -> list[Any]:
+    """Every process that carries this context's mark: a SIGTERM to the process group kills
+    the raylet first, and vLLM's engine core then lives on under init, no one's descendant."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.pid != os.getpid() and process.environ().get(MARK_ENV) == mark:
+                found.append(process)
+    return found
+
+
+def _with_descendants(processes: list[Any]) -> list[Any]:
+    """The processes and everything they started: vLLM's engine core and workers run under a Ray
+    worker with names of their own (``VLLM::EngineCore``), and outlive it when Ray kills it."""
+    import psutil
+
+    found = {p.pid: p for p in processes}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            found.update({c.pid: c for c in process.children(recursive=True)})
+    return list(found.values())
 
 
 def _is_ray(process: Any) -> bool:

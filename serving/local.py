@@ -7,8 +7,9 @@ start; and Serve and Ray are shut down whatever happens, so no test or demo leav
 ``ray.shutdown()`` stops the GCS, the raylet and the workers, but Ray's dashboard and
 runtime-env agents only exit once they notice their raylet is gone, seconds later, after the
 command that started them has exited; :func:`stop_leftovers` ends every Ray process this
-context started that is still running, and what those started (vLLM's engine core and workers,
-which Ray's SIGKILL of their worker leaves orphaned), so nothing outlives it.
+context started that is still running, and every process carrying the mark Ray's node services
+started with (vLLM's engine core and workers, orphaned when Ray kills their worker), so nothing
+outlives it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def local_serve(
         serve.run(app() if callable(app) else app, name=name, route_prefix="/", blocking=False)
         yield f"http://{host}:{port}"
     finally:
-        started = _with_descendants([p for p in _children() if p.pid not in before and _is_ray(p)])
+        started = [p for p in _children() if p.pid not in before and _is_ray(p)]
         serve.shutdown()
         ray.shutdown()
         stop_leftovers(started + _marked(mark))
@@ -98,18 +99,6 @@ def _marked(mark: str) -> list[Any]:
             if process.pid != os.getpid() and process.environ().get(MARK_ENV) == mark:
                 found.append(process)
     return found
-
-
-def _with_descendants(processes: list[Any]) -> list[Any]:
-    """The processes and everything they started: vLLM's engine core and workers run under a Ray
-    worker with names of their own (``VLLM::EngineCore``), and outlive it when Ray kills it."""
-    import psutil
-
-    found = {p.pid: p for p in processes}
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            found.update({c.pid: c for c in process.children(recursive=True)})
-    return list(found.values())
 
 
 def _is_ray(process: Any) -> bool:

@@ -62,7 +62,9 @@ class AdapterProbes(CamelModel):
     """The ``probes.json`` of an adapter."""
 
     probes: list[Probe] = Field(min_length=1)
-    precision: str = Field(description="how the trainer computed them, e.g. 'float32' or 'nf4+bfloat16'")
+    precision: str = Field(
+        description="how the trainer computed them, e.g. 'lora over float32' or 'qlora over bfloat16'"
+    )
 
     def write(self, adapter_dir: Path) -> None:
         (adapter_dir / PROBES_FILE).write_text(self.model_dump_json(by_alias=True, indent=1))

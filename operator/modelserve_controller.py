@@ -20,20 +20,25 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from typing import Any
 
 from healthnav.operator import metrics
+from healthnav.operator.adapter_verification import AdapterVerifier
 from healthnav.operator.conditions import StatusEvent
 from healthnav.operator.finetunejob_spec import API_VERSION as FTJ_API_VERSION
 from healthnav.operator.finetunejob_spec import PLURAL as FTJ_PLURAL
-from healthnav.operator.kube import FIELD_MANAGER, KubeError, path_for
+from healthnav.operator.kube import FIELD_MANAGER, Kube, KubeError, path_for
 from healthnav.operator.modelserve_spec import API_VERSION, KIND, PLURAL, ModelServeSpec, ModelServeStatus
 from healthnav.operator.modelserve_status import (
     RUNNING,
+    AdapterChecks,
     KubeRayView,
     RayServiceView,
+    adapters_to_verify,
     compute_status,
     head_pod_failure,
+    recorded_verifications,
     resolve_adapters,
     transition_events,
 )
@@ -45,8 +50,10 @@ from healthnav.operator.rayservice import (
     ResolvedAdapter,
     ray_service,
     service_account,
+    serving_revision,
 )
 from healthnav.operator.reconciler import Key, Reconciler, backoff, parse_spec_as
+from healthnav.operator.settings import OperatorSettings
 
 log = logging.getLogger("healthnav.operator.modelserve")
 NOT_SERVING_RECHECK_S = 15.0
@@ -72,6 +79,20 @@ class ModelServeController(Reconciler):
     # "KubeRay not installed" is counted as a failure too, so its retries back off even though
     # the reconcile itself succeeded.
     reset_failures_on_requeue = False
+
+    def __init__(
+        self,
+        kube: Kube,
+        settings: OperatorSettings,
+        event_executor: Executor | None = None,
+        *,
+        verifier: AdapterVerifier | None = None,
+    ) -> None:
+        super().__init__(kube, settings, event_executor)
+        if verifier is None and settings.verify_adapters:
+            verifier = AdapterVerifier(settings.adapter_verification_timeout_seconds)
+        self.verifier = verifier
+        """None: adapters go Active once live, unverified (``verify_adapters`` off)."""
 
     def transition_events(self, old: ModelServeStatus, new: ModelServeStatus) -> list[StatusEvent]:
         return transition_events(old, new)
@@ -107,11 +128,28 @@ class ModelServeController(Reconciler):
                 # head crash-loops) and look again soon, since pod changes do not wake us.
                 view.head_failure = head_pod_failure(await self._head_pods(namespace, key[1]))
                 requeue = NOT_SERVING_RECHECK_S
-        new_status = compute_status(ms, spec, spec_error, resolutions, view)
+        checks = None
+        if spec is not None and self.verifier is not None:
+            checks = await self._check_adapters(key, old_status, spec, view)
+            if view.body is not None and set(adapters_to_verify(view.body)) - set(checks.results):
+                requeue = min(requeue or NOT_SERVING_RECHECK_S, NOT_SERVING_RECHECK_S)  # ask again soon
+        new_status = compute_status(ms, spec, spec_error, resolutions, view, checks=checks)
         if new_status.differs_from(old_status):
             await self._write_status(key, ms, old_status, new_status)
         self.phases[key] = new_status.phase
         return requeue
+
+    async def _check_adapters(
+        self, key: Key, old: ModelServeStatus, spec: ModelServeSpec, view: RayServiceView
+    ) -> AdapterChecks:
+        """Verdicts for the live adapters: kept from status, or asked of the application."""
+        assert self.verifier is not None
+        revision = serving_revision(spec, self.settings)
+        live = adapters_to_verify(view.body)
+        results = recorded_verifications(old, live, revision)
+        if todo := {n: u for n, u in live.items() if n not in results}:
+            results |= await self.verifier.verify(key[1], key[0], todo)
+        return AdapterChecks(revision, results)
 
     async def _apply(
         self, ms: dict[str, Any], spec: ModelServeSpec, adapters: list[ResolvedAdapter]

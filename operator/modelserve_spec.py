@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from healthnav.contracts.probes import VerificationState
 from healthnav.contracts.uris import STORAGE_URI
 from healthnav.operator.conditions import Condition, ObservedStatus, conditions_field
 from healthnav.operator.crdgen import AGE_COLUMN, CRDSpec, PrinterColumn, cel, validations
@@ -240,9 +241,12 @@ class AdapterStatus(CamelModel):
 
     name: str
     """The adapter's name (spec.adapters[].name)."""
-    state: Literal["Active", "Deploying", "Pending"]
-    """Active: routed to by the running application; Deploying: in the RayService, not yet live;
-    Pending: not servable yet (see reason)."""
+    state: Literal["Active", "Verifying", "Refused", "Deploying", "Pending"]
+    """Active: routed to by the running application (and, where the operator verifies adapters,
+    answering as in training); Verifying: live in the application, its check not done yet;
+    Refused: the serving engine answers differently from training or cannot load it (requests
+    for it get a 502 saying so); Deploying: in the RayService, not yet live; Pending: not
+    servable yet (see reason)."""
     uri: str | None = None
     """Resolved adapter location."""
     reason: str | None = None
@@ -251,6 +255,11 @@ class AdapterStatus(CamelModel):
     """Details for a human."""
     ungated: bool | None = None
     """True when served despite a failed or missing evaluation gate (spec allowUngated)."""
+    verification: VerificationState | None = None
+    """What the serving engine found when it loaded the adapter: Verified, NotRecorded (no
+    probes shipped: unchecked), Refused or LoadFailed; unset until checked."""
+    verified_revision: str | None = None
+    """The servingRevision the verification ran on: a new base model or engine checks again."""
 
 
 class ApplicationStatus(CamelModel):
@@ -272,7 +281,7 @@ class ModelServeStatus(ObservedStatus):
     message: str | None = Field(default=None, max_length=4096)
     """One human-readable line about the current phase."""
     conditions: list[Condition] = conditions_field()
-    """Ready, UpgradeInProgress, AdaptersResolved, RayServiceSynced."""
+    """Ready, UpgradeInProgress, AdaptersResolved, AdaptersVerified, RayServiceSynced."""
     observed_generation: int | None = None
     """metadata.generation of the spec this status reflects."""
     endpoint: str | None = None
@@ -318,6 +327,11 @@ MODELSERVE_CRD = CRDSpec(
         ),
         PrinterColumn("Replicas", ".status.replicas", "integer", "Ready model replicas"),
         PrinterColumn("Adapters", ".status.activeAdapters", description="Adapters being routed to"),
+        PrinterColumn(
+            "Verified",
+            '.status.conditions[?(@.type=="AdaptersVerified")].status',
+            description="Every live adapter answers as in training (False: one is refused)",
+        ),
         PrinterColumn("Endpoint", ".status.endpoint", description="In-cluster base URL"),
         PrinterColumn("Phase", ".status.phase", priority=1, description="Lifecycle phase"),
         PrinterColumn("RayService", ".status.rayServiceName", priority=1, description="Owned RayService"),

@@ -8,11 +8,13 @@ Two rules keep the status honest:
 * ``Ready`` is True only when KubeRay reports the Serve application RUNNING with serve
   endpoints (and KubeRay's own Ready condition, where it has one, agrees); an adapter is
   ``Active`` only once KubeRay has observed the RayService generation that contains it and
-  the application is RUNNING on a cluster that is not mid-upgrade.
+  the application is RUNNING on a cluster that is not mid-upgrade, and — where the operator
+  verifies adapters — once the running engine has scored the adapter's training probes as
+  training did (:class:`AdapterChecks`); one it answers differently is ``Refused``.
 
 :func:`compute_status` records what KubeRay reports about the RayService, then one small
-function per condition (AdaptersResolved, RayServiceSynced, UpgradeInProgress, Ready) sets it,
-and the phase follows from them.
+function per condition (AdaptersResolved, AdaptersVerified, RayServiceSynced, UpgradeInProgress,
+Ready) sets it, and the phase follows from them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from healthnav.contracts.probes import AdapterVerification
 from healthnav.operator.conditions import ConditionSet, StatusEvent, find_condition, now_rfc3339
 from healthnav.operator.modelserve_spec import (
     AdapterStatus,
@@ -33,6 +36,7 @@ from healthnav.operator.rayservice import APP_NAME, adapters_in, endpoint, ray_s
 READY = "Ready"
 UPGRADE_IN_PROGRESS = "UpgradeInProgress"
 ADAPTERS_RESOLVED = "AdaptersResolved"
+ADAPTERS_VERIFIED = "AdaptersVerified"
 RAY_SERVICE_SYNCED = "RayServiceSynced"
 
 RUNNING = "RUNNING"
@@ -54,6 +58,38 @@ class AdapterResolution:
     reason: str | None = None
     message: str | None = None
     ungated: bool = False
+
+
+@dataclass(frozen=True)
+class AdapterChecks:
+    """What the serving engine found for each live adapter on ``revision`` (absent: not yet).
+
+    The operator asks the running application (``GET /adapters/{name}/verification``) once per
+    adapter files and serving revision; the verdict is kept in status, so a restart does not ask
+    again and a new base model or engine (a new revision) does.
+    """
+
+    revision: str
+    results: Mapping[str, AdapterVerification] = field(default_factory=dict)
+
+
+def adapters_to_verify(rs: Mapping[str, Any] | None) -> dict[str, str]:
+    """{name: uri} of the adapters the application serves now, on the current spec (empty while
+    it deploys or upgrades: an answer then could come from the previous configuration)."""
+    if rs is None or not KubeRayView.of(rs).serving_current_spec:
+        return {}
+    return adapters_in(rs)
+
+
+def recorded_verifications(
+    old: ModelServeStatus, live: Mapping[str, str], revision: str
+) -> dict[str, AdapterVerification]:
+    """The verdicts ``old`` status holds for the same adapter files on the same revision."""
+    return {
+        a.name: AdapterVerification(adapter=a.name, state=a.verification, message=a.message or "")
+        for a in old.adapters
+        if a.verification and a.name in live and a.uri == live[a.name] and a.verified_revision == revision
+    }
 
 
 def resolve_adapters(
@@ -241,6 +277,17 @@ class KubeRayView:
     def condition(self, type_: str) -> Mapping[str, Any]:
         return find_condition(self.conditions, type_) or {}
 
+    @property
+    def upgrading(self) -> bool:
+        """A new-cluster upgrade is under way (a pending cluster, or KubeRay's condition says so)."""
+        return bool(self.pending_cluster) or self.condition(UPGRADE_IN_PROGRESS).get("status") == "True"
+
+    @property
+    def serving_current_spec(self) -> bool:
+        """The application is RUNNING, with endpoints, on the spec KubeRay last observed, and no
+        other cluster is being prepared: what answers now is what the RayService says."""
+        return self.app_state == RUNNING and self.endpoints > 0 and self.synced and not self.upgrading
+
     def pending_app_summary(self) -> str | None:
         """What the cluster being prepared says about the app: its state and each deployment's
         message (e.g. replicas failing to start), so a stuck first deploy says why."""
@@ -261,8 +308,12 @@ def compute_status(
     resolutions: list[AdapterResolution],
     view: RayServiceView,
     now: str | None = None,
+    checks: AdapterChecks | None = None,
 ) -> ModelServeStatus:
-    """The full ModelServe.status for what was observed (conditions merged with the old ones)."""
+    """The full ModelServe.status for what was observed (conditions merged with the old ones).
+
+    ``checks`` None: the operator does not verify adapters, and a live adapter is Active.
+    """
     meta = ms["metadata"]
     generation = meta.get("generation")
     old = ModelServeStatus.from_status(ms.get("status"))
@@ -288,18 +339,21 @@ def compute_status(
     upgrading = _upgrade_in_progress(conds, kuberay)
     ready = _ready(conds, kuberay, view.head_failure)
     configured = adapters_in(view.body)
+    carried: dict[str, AdapterStatus] = {}
     if not ready:
-        active: list[str] = []
+        live: set[str] = set()
     elif kuberay.synced and not upgrading:
-        active = sorted(configured)
+        live = set(configured)
     else:  # traffic still goes to the previous configuration: keep reporting what was active
-        active = sorted(a for a in old.active_adapters if a in configured)
-    status.active_adapters = active
-    status.adapters = _adapter_statuses(resolutions, set(active))
+        live = {a for a in old.active_adapters if a in configured}
+        carried = {a.name: a for a in old.adapters if a.name in live}  # verified on that configuration
+    status.adapters = _adapter_statuses(resolutions, live, checks, carried)
+    status.active_adapters = sorted(a.name for a in status.adapters if a.state == "Active")
+    refused = _adapters_verified(conds, status.adapters, checks)
     if ready and upgrading:
         return _finish(status, conds, "Upgrading", "serving; a new Ray cluster is being prepared")
     if ready:
-        return _finish(status, conds, "Ready", None)
+        return _finish(status, conds, "Ready", refused)
     if kuberay.app_state in FAILED_APP_STATES:
         message = f"application {kuberay.app_state}: {kuberay.app.get('message') or ''}".strip()
         return _finish(status, conds, "Failed", message)
@@ -376,7 +430,7 @@ def _ray_service_synced(conds: ConditionSet, kuberay: KubeRayView) -> None:
 def _upgrade_in_progress(conds: ConditionSet, kuberay: KubeRayView) -> bool:
     """A new-cluster upgrade is under way (a pending cluster, or KubeRay's own condition says so)."""
     rs_upgrade = kuberay.condition(UPGRADE_IN_PROGRESS)
-    upgrading = bool(kuberay.pending_cluster) or rs_upgrade.get("status") == "True"
+    upgrading = kuberay.upgrading
     if upgrading:
         conds.set(
             UPGRADE_IN_PROGRESS,
@@ -428,12 +482,20 @@ def _ready(conds: ConditionSet, kuberay: KubeRayView, head_failure: str | None =
     return False
 
 
-def _adapter_statuses(resolutions: list[AdapterResolution], active: set[str]) -> list[AdapterStatus]:
+def _adapter_statuses(
+    resolutions: list[AdapterResolution],
+    live: set[str],
+    checks: AdapterChecks | None = None,
+    carried: Mapping[str, AdapterStatus] | None = None,
+) -> list[AdapterStatus]:
+    """One entry per spec.adapters entry; ``live``: routed to by the running application,
+    ``carried``: live entries whose state stands from before (traffic on the old configuration)."""
     out = []
     for r in resolutions:
-        entry = AdapterStatus(
-            name=r.name, state="Pending" if r.uri is None else "Active" if r.name in active else "Deploying"
-        )
+        if (kept := (carried or {}).get(r.name)) is not None:
+            out.append(kept)
+            continue
+        entry = AdapterStatus(name=r.name, state="Pending" if r.uri is None else "Deploying")
         if r.uri is not None:
             entry.uri = r.uri
         if r.reason:
@@ -442,8 +504,50 @@ def _adapter_statuses(resolutions: list[AdapterResolution], active: set[str]) ->
             entry.message = r.message[:MAX_ADAPTER_MESSAGE]
         if r.ungated:
             entry.ungated = True
+        if r.uri is not None and r.name in live:
+            _verified_state(entry, checks)
         out.append(entry)
     return out
+
+
+def _verified_state(entry: AdapterStatus, checks: AdapterChecks | None) -> None:
+    """A live adapter: Active when servable (or unchecked by design), else Verifying or Refused."""
+    verdict = checks.results.get(entry.name) if checks is not None else None
+    if checks is None:
+        entry.state = "Active"
+    elif verdict is None:
+        entry.state = "Verifying"
+    else:
+        entry.state = "Active" if verdict.servable else "Refused"
+        entry.verification = verdict.state
+        entry.verified_revision = checks.revision
+        if entry.message is None:
+            entry.message = verdict.message[:MAX_ADAPTER_MESSAGE]
+
+
+def _adapters_verified(
+    conds: ConditionSet, adapters: list[AdapterStatus], checks: AdapterChecks | None
+) -> str | None:
+    """Set AdaptersVerified (when the operator verifies); the phase message when one is refused."""
+    if checks is None:
+        return None
+    refused = [a for a in adapters if a.state == "Refused"]
+    verifying = [a.name for a in adapters if a.state == "Verifying"]
+    if refused:
+        names = ", ".join(a.name for a in refused)
+        detail = "; ".join(f"{a.name}: {a.message}" for a in refused)
+        conds.set(ADAPTERS_VERIFIED, "False", "AdapterRefused", detail[:MAX_APPLICATION_MESSAGE])
+        return f"serving; adapter(s) refused, not served: {names} (see status.adapters)"
+    if verifying:
+        conds.set(ADAPTERS_VERIFIED, "Unknown", "Verifying", f"checking {', '.join(verifying)}")
+        return None
+    checked = [a for a in adapters if a.verification]
+    unverified = [a.name for a in checked if a.verification == "NotRecorded"]
+    message = f"{len(checked) - len(unverified)} live adapter(s) answer as in training"
+    if unverified:
+        message += f"; served unverified (no probes recorded): {', '.join(unverified)}"
+    conds.set(ADAPTERS_VERIFIED, "True", "Verified", message)
+    return None
 
 
 _WARNING_READY_REASONS = frozenset(
@@ -483,6 +587,8 @@ def _adapter_events(before: AdapterStatus | None, a: AdapterStatus) -> list[Stat
     events = []
     if a.state == "Active":
         events.append(StatusEvent("Normal", "AdapterActivated", f"adapter {a.name} is live ({a.uri})"))
+    elif a.state == "Refused":
+        events.append(StatusEvent("Warning", "AdapterRefused", f"adapter {a.name}: {a.message or ''}"))
     elif a.state == "Deploying":
         events.append(
             StatusEvent("Normal", "AdapterDeploying", f"adapter {a.name} added to the Serve config")

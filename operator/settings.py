@@ -64,6 +64,11 @@ class OperatorSettings(BaseSettings):
     """How long after training a FineTuneJob with spec.evaluation waits for evaluation metrics."""
     read_metrics: bool = True
     """Read <output>/metrics.json from storage after success (needs S3 access from the operator)."""
+    verify_adapters: bool = True
+    """Record in ModelServe status whether each live adapter answers as its training did (the
+    operator calls the Serve Service; off where the operator cannot reach it)."""
+    adapter_verification_timeout_seconds: float = 120.0
+    """How long one verification call may take (it loads the adapter and scores its probes)."""
     max_status_retries: int = 5
     """Retries of a status write that lost an optimistic-concurrency race."""
     job_priority_seconds: float = 2.0

@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from healthnav.contracts.probes import AdapterVerification
 from healthnav.contracts.prompts import render_assessment_prompt
 from healthnav.contracts.validation import describe_validation_error
 from healthnav.serving import openai_api as oa
@@ -199,6 +200,10 @@ class LLMServer:
         async for item in self.replica.generate_here(request):
             yield item
 
+    async def verify_adapter(self, name: str, uri: str | None) -> AdapterVerification | GenerationError:
+        """Load adapter ``name`` here and return its verification (the operator's rollout check)."""
+        return await self.replica.verify_here(name, uri)
+
     async def check_health(self) -> None:
         await self.replica.check_health()
 
@@ -226,6 +231,27 @@ class LLMServer:
             "max_model_len": self.replica.engine.max_model_len,
         }
         return JSONResponse({"status": "ready", **ready})
+
+    @api.get(
+        "/adapters/{name}/verification",
+        response_model=AdapterVerification,
+        responses={404: ERROR_RESPONSES[404], 503: ERROR_RESPONSES[503]},
+    )
+    async def adapter_verification(self, name: str) -> AdapterVerification:
+        """Load a configured adapter where its requests go and say whether it answers as in training.
+
+        Unauthenticated like ``/readyz``, so the operator can check a rollout without holding the
+        app's API keys: it reveals a verdict, never a generation, and loads only adapters the
+        ModelServe configures (a discovered or unknown name is a 404).
+        """
+        if name not in self.replica.resolver.configured:
+            raise ApiError(
+                404,
+                f"{name!r} is not an adapter this ModelServe configures",
+                param="name",
+                code="model_not_found",
+            )
+        return await self.replica.verify(await self.replica.resolve(name))
 
     @api.get(
         "/v1/models",

@@ -26,7 +26,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from healthnav.contracts.probes import AdapterProbes
+from healthnav.contracts.probes import AdapterProbes, AdapterVerification
 from healthnav.serving.adapters import AdapterCache, AdapterError, AdapterResolver, ModelRef
 from healthnav.serving.admission import Admission
 from healthnav.serving.config import ServeAppConfig
@@ -109,6 +109,8 @@ class Replica:
         self.timeout = cfg.limits.request_timeout_seconds
         self.resident: set[str] = set()
         """Adapters loaded in this replica's engine: requests for them are served here."""
+        self.verifications: dict[str, AdapterVerification] = {}
+        """What loading each adapter found, the last time this replica loaded it."""
         self._uris: dict[str, str] = {}
         self._ongoing = 0
         self._handles: dict[tuple[str, bool], DeploymentHandle] = {}
@@ -128,17 +130,65 @@ class Replica:
         except Exception as exc:  # weights that do not fit the model or the engine's limits
             self.cache.unpin(path)
             log.warning("adapter %s failed to load: %s", model_id, type(exc).__name__)
-            raise AdapterError(f"adapter {model_id!r} could not be loaded: {exc}") from exc
-        if (probes := AdapterProbes.read(path)) is not None:
+            message = f"could not be loaded: {exc}"
+            self.verifications[model_id] = AdapterVerification(
+                adapter=model_id, state="LoadFailed", message=message
+            )
+            raise AdapterError(f"adapter {model_id!r} {message}") from exc
+        if (probes := AdapterProbes.read(path)) is None:
+            verification = AdapterVerification(
+                adapter=model_id, state="NotRecorded", message="ships no probes.json: served unverified"
+            )
+        else:
             verdict = await verify_adapter(self.engine, model_id, probes)
             log.info("adapter %s: %s", model_id, verdict.message)  # figures only, no request text
             if not verdict.ok:
                 await self.engine.remove_adapter(model_id)
                 self.cache.unpin(path)
                 self.engine_metrics.adapter_refusals.inc(1, tags={"adapter": model_id})
-                raise AdapterError(f"adapter {model_id!r} refused: it {verdict.message}")
+                message = f"refused: it {verdict.message}"
+                self.verifications[model_id] = AdapterVerification(
+                    adapter=model_id, state="Refused", message=message
+                )
+                raise AdapterError(f"adapter {model_id!r} {message}")
+            verification = AdapterVerification(adapter=model_id, state="Verified", message=verdict.message)
+        self.verifications[model_id] = verification
         self.engine_metrics.adapter_loads.inc(1, tags={"adapter": model_id})
         return _ResidentAdapter(self, model_id, path)
+
+    async def verify(self, ref: ModelRef) -> AdapterVerification:
+        """Load ``ref`` where Ray routes its requests and say what its verification found.
+
+        The operator asks this after a rollout, so a ModelServe's status shows a refused adapter
+        instead of reporting it live until the first patient's request gets a 502.
+        """
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.runs_elsewhere(ref):
+                    out = await self._handle(ref, stream=False).verify_adapter.remote(ref.name, ref.uri)
+                else:
+                    out = await self.verify_here(ref.name, ref.uri)
+        except BackPressureError as exc:
+            raise overloaded() from exc
+        except TimeoutError as exc:
+            raise timed_out() from exc
+        if isinstance(out, GenerationError):
+            raise ApiError.from_generation(out)
+        return out
+
+    async def verify_here(self, name: str, uri: str | None) -> AdapterVerification | GenerationError:
+        """Load adapter ``name`` (from ``uri``) into this replica unless resident; its verdict,
+        or a 503 value when its files cannot be fetched now (a value: it crosses a Ray handle)."""
+        assert uri is not None
+        self._uris[name] = uri
+        try:
+            await self._get_adapter(name)
+        except AdapterError:
+            pass  # a load failure or refusal is the verdict recorded below
+        except Exception as exc:  # storage unreachable: no verdict yet, the operator asks again
+            log.warning("adapter %s could not be fetched for verification: %s", name, type(exc).__name__)
+            return GenerationError(503, "adapter storage unavailable", type="server_error")
+        return self.verifications[name]
 
     # -- which model a request names -----------------------------------------------------------
 

@@ -10,7 +10,9 @@ and serves the adapter only if the scores it gets are recognisably this adapter'
 carries no patient data.
 
 The trainer writes (:mod:`healthnav.trainer.probes`), serving reads
-(:mod:`healthnav.serving.verification`); this module is the file and the verdict both agree on.
+(:mod:`healthnav.serving.verification`) and the operator records what serving found in
+ModelServe status (:mod:`healthnav.operator.adapter_verification`); this module is the file,
+the verdict and the verification answer all three agree on.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -129,3 +132,26 @@ def judge(probes: AdapterProbes, served: Sequence[Sequence[float | None] | None]
         f"answers differently from training ({figures}; allowed: within {ABS_TOLERANCE} or under "
         f"{RELATIVE_MARGIN}x the distance to the base model)",
     )
+
+
+VerificationState = Literal["Verified", "NotRecorded", "Refused", "LoadFailed"]
+"""Verified: the engine answers as training did; NotRecorded: the adapter ships no probes, so it
+is served unchecked; Refused: it answers differently (served nowhere); LoadFailed: the engine
+could not load it (rank, target modules, corrupt files)."""
+
+
+class AdapterVerification(CamelModel):
+    """What a serving replica found when it loaded an adapter: the answer of
+    ``GET /adapters/{name}/verification``, and what the operator records in ModelServe status.
+
+    >>> AdapterVerification(adapter="triage", state="Refused", message="answers differently").servable
+    False
+    """
+
+    adapter: str
+    state: VerificationState
+    message: str
+
+    @property
+    def servable(self) -> bool:
+        return self.state in ("Verified", "NotRecorded")

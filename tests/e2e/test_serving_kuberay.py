@@ -4,14 +4,18 @@ ModelServe → RayService → RayCluster → Ray head and worker pods from the C
 CPU build) → a RUNNING Serve application → ModelServe Ready with its endpoint; the official
 ``openai`` client gets completions from the base model and from an adapter through the serve
 Service's ClusterIP (kube-proxy routes this machine's own traffic to it). A FineTuneJob that
-passes its gate rolls its adapter in without restarting the Ray pods; a new base model rolls to a
+passes its gate rolls its adapter in without restarting the Ray pods, Active only once the
+operator pod has asked the Ray pods' vLLM to verify it; an adapter whose probes that engine
+cannot reproduce is Refused in status and answers a 502; a new base model rolls to a
 new RayCluster while a client keeps sending requests; a crash-looping Ray head keeps the
 ModelServe not Ready with the reason in its conditions.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,6 +129,9 @@ def test_a_gated_finetune_rolls_its_adapter_in_without_restarting_the_ray_pods(
         return "triage" in (_ms(e2e, name).get("status", {}).get("activeAdapters") or [])
 
     wait_for(adapter_active, timeout=900, what="the FineTuneJob's adapter to go live", interval=2.0)
+    (entry,) = [a for a in _ms(e2e, name)["status"]["adapters"] if a["name"] == "triage"]
+    # Active means the Ray pods' vLLM scored the trainer pod's probes as training did.
+    assert entry["verification"] == "Verified", entry
     client = _client(e2e, name)
 
     def answers() -> bool:
@@ -139,6 +146,56 @@ def test_a_gated_finetune_rolls_its_adapter_in_without_restarting_the_ray_pods(
     wait_for(answers, timeout=300, what="the adapter to answer", interval=2.0)
     assert {p["metadata"]["uid"] for p in _ray_pods(e2e, name)} == uids
     assert {c["metadata"]["name"] for c in e2e.get("rayclusters", "-n", NAMESPACE)["items"]} == clusters
+
+
+def test_an_adapter_that_answers_differently_from_its_training_is_refused_in_status(
+    e2e: E2E, served: dict[str, Any], tmp_path: Path
+) -> None:
+    """The trained adapter's files with probes its engine cannot reproduce (what a LoRA the
+    engine mis-applies looks like): the rollout shows it Refused, not Active, and requests for it
+    get a 502 that says why, while the base model and the verified adapter keep serving."""
+    import openai
+
+    from healthnav.contracts import storage
+    from healthnav.contracts.probes import AdapterProbes
+
+    name = served["name"]
+    wait_for(
+        lambda: "triage" in (_ms(e2e, name).get("status", {}).get("activeAdapters") or []),
+        timeout=900,
+        what="the FineTuneJob's adapter to go live",
+        interval=2.0,
+    )
+    (trained,) = [a for a in _ms(e2e, name)["status"]["adapters"] if a["name"] == "triage"]
+    local = storage.download_dir(trained["uri"], tmp_path / "tampered")
+    probes = AdapterProbes.read(local)
+    assert probes is not None, "the trainer ships probes with every adapter"
+    for probe in probes.probes:
+        probe.adapter_logprobs = [-50.0] * len(probe.adapter_logprobs)
+    probes.write(local)
+    uri = f"s3://models/e2e-tampered/{unique('adapter')}/"
+    storage.upload_dir(local, uri, last=("adapter_config.json",))
+    patch = [{"op": "add", "path": "/spec/adapters/-", "value": {"name": "tampered", "uri": uri}}]
+    e2e.kubectl("patch", "modelserve", name, "-n", NAMESPACE, "--type=json", "-p", json.dumps(patch))
+
+    def refused() -> dict[str, Any] | None:
+        status = _ms(e2e, name).get("status", {})
+        entry = next((a for a in status.get("adapters") or [] if a["name"] == "tampered"), None)
+        return status if entry and entry["state"] == "Refused" else None
+
+    status = wait_for(refused, timeout=300, what="the tampered adapter Refused in status", interval=2.0)
+    (entry,) = [a for a in status["adapters"] if a["name"] == "tampered"]
+    assert "answers differently from training" in entry["message"], entry
+    assert "tampered" not in status["activeAdapters"] and "triage" in status["activeAdapters"]
+    verified = _condition({"status": status}, "AdaptersVerified")
+    assert verified is not None and (verified["status"], verified["reason"]) == ("False", "AdapterRefused")
+    assert status["phase"] == "Ready"
+
+    client = _client(e2e, name)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.completions.create(model="tampered", prompt="Fever:", max_tokens=4, temperature=0)
+    assert err.value.status_code == 502 and "answers differently from training" in str(err.value)
+    assert client.completions.create(model="triage", prompt="Fever:", max_tokens=4).choices[0].text
 
 
 def test_a_new_base_model_rolls_to_a_new_raycluster_without_failed_requests(

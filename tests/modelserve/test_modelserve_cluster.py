@@ -28,7 +28,7 @@ from healthnav.operator.rayservice import APP_NAME, ResolvedAdapter, adapters_in
 from healthnav.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster
-SETTINGS = OperatorSettings()
+SETTINGS = OperatorSettings(verify_adapters=False)  # the verification test gives its own verifier
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +308,93 @@ def test_failed_gate_blocks_adapter_unless_allow_ungated(kuberay: None, kube: Ku
     (entry,) = _ms(kube, ns, "triage")["status"]["adapters"]
     assert entry["ungated"] is True
     wait_for(lambda: "UngatedAdapter" in _events(kube, ns, "triage"), 10, "UngatedAdapter event")
+
+
+class _VerdictServer:
+    """Stands in for a running Serve application's ``GET /adapters/{name}/verification`` on
+    loopback (Ray pods do not run in this test; tests/e2e asks real ones): ``verdicts`` maps an
+    adapter to its answer, or to None for a 503 (replica not ready)."""
+
+    def __init__(self, verdicts: dict[str, dict[str, str] | None]) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.verdicts, self.asked, self.bases = verdicts, [], set[str]()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                *base, name, _ = self.path.split("/")  # <base>/adapters/<name>/verification
+                server.asked.append(name)
+                server.bases.add("/".join(base))
+                verdict = server.verdicts.get(name)
+                body = json.dumps(verdict or {"error": {"message": "engine not ready"}}).encode()
+                self.send_response(200 if verdict else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_an_adapter_the_engine_refuses_is_refused_in_status_and_a_verified_one_goes_active(
+    kuberay: None, kube: Kube, ns: str
+) -> None:
+    from healthnav.operator.adapter_verification import AdapterVerifier
+
+    refusal = "refused: it answers differently from training (1.900 nats/token from training's scores)"
+    fake = _VerdictServer({"good": None, "bad": {"adapter": "bad", "state": "Refused", "message": refusal}})
+    try:
+        spec = valid_spec()
+        spec["adapters"] = [
+            {"name": "good", "uri": "s3://models/good/"},
+            {"name": "bad", "uri": "s3://models/bad/"},
+        ]
+        _create_ms(kube, ns, "triage", spec)
+        verifier = AdapterVerifier(5, base_url=lambda name, namespace: f"{fake.url}/{namespace}/{name}")
+        controller = ModelServeController(kube, OperatorSettings(), verifier=verifier)
+        _reconcile(controller, ns, "triage")
+        assert fake.asked == []  # nothing is live yet: nothing to ask
+        _kuberay_status(kube, ns, "triage")
+
+        # "good"'s replica is not ready (503): it stays Verifying and the check comes back soon.
+        assert _reconcile(controller, ns, "triage") == NOT_SERVING_RECHECK_S
+        ms = _ms(kube, ns, "triage")
+        states = {a["name"]: a["state"] for a in ms["status"]["adapters"]}
+        assert states == {"good": "Verifying", "bad": "Refused"}
+        assert ms["status"]["activeAdapters"] == [] and ms["status"]["phase"] == "Ready"
+        bad = next(a for a in ms["status"]["adapters"] if a["name"] == "bad")
+        assert (bad["verification"], bad["message"]) == ("Refused", refusal)
+        assert (_cond(ms, "AdaptersVerified")["status"], _cond(ms, "AdaptersVerified")["reason"]) == (
+            "False",
+            "AdapterRefused",
+        )
+        wait_for(lambda: "AdapterRefused" in _events(kube, ns, "triage"), 10, "AdapterRefused event")
+
+        fake.verdicts["good"] = {"adapter": "good", "state": "Verified", "message": "answers as in training"}
+        asked = len(fake.asked)
+        assert _reconcile(controller, ns, "triage") is None  # nothing left to ask
+        assert fake.asked[asked:] == ["good"]  # "bad"'s verdict is kept in status, not asked again
+        assert fake.bases == {f"/{ns}/triage/adapters"}  # this ModelServe's application
+        ms = _ms(kube, ns, "triage")
+        assert ms["status"]["activeAdapters"] == ["good"]
+        assert {a["name"]: a["verification"] for a in ms["status"]["adapters"]} == {
+            "good": "Verified",
+            "bad": "Refused",
+        }
+    finally:
+        fake.close()
 
 
 # --- the whole operator (kopf wiring, FineTuneJob operator included) ---------------------------

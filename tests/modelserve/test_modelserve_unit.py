@@ -14,13 +14,17 @@ import yaml
 from ms_helpers import INVALID, manifest, valid_spec
 from pydantic import ValidationError
 
+from healthnav.contracts.probes import AdapterVerification
 from healthnav.operator.crdgen import render_crd_yaml
 from healthnav.operator.modelserve_spec import MODELSERVE_CRD, ModelServeSpec, ModelServeStatus
 from healthnav.operator.modelserve_status import (
+    AdapterChecks,
     AdapterResolution,
     RayServiceView,
+    adapters_to_verify,
     compute_status,
     head_pod_failure,
+    recorded_verifications,
     resolve_adapters,
     transition_events,
 )
@@ -68,7 +72,7 @@ def test_crd_has_names_columns_and_status() -> None:
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Ready", "Replicas", "Adapters", "Endpoint", "Age"]
+    assert columns == ["Ready", "Replicas", "Adapters", "Verified", "Endpoint", "Age"]
 
 
 @pytest.mark.parametrize("case", [c for c in INVALID if c.in_spec], ids=lambda c: c.id)
@@ -302,13 +306,18 @@ def _rs(
 
 
 def _status(
-    rs: dict[str, Any] | None, resolutions: list[AdapterResolution], old: dict[str, Any] | None = None
+    rs: dict[str, Any] | None,
+    resolutions: list[AdapterResolution],
+    old: dict[str, Any] | None = None,
+    checks: AdapterChecks | None = None,
 ):
     ms = _ms()
     if old:
         ms["status"] = old
     spec = ModelServeSpec.model_validate(ms["spec"])
-    status = compute_status(ms, spec, None, resolutions, RayServiceView(body=rs), now="2025-01-01T00:00:00Z")
+    status = compute_status(
+        ms, spec, None, resolutions, RayServiceView(body=rs), now="2025-01-01T00:00:00Z", checks=checks
+    )
     return status.to_status()
 
 
@@ -426,6 +435,77 @@ def test_new_adapter_is_deploying_until_kuberay_observes_it_and_upgrade_is_repor
     upgrading = _status(_rs(both, pending_cluster="triage-fghij"), res, old=synced)
     assert upgrading["phase"] == "Upgrading" and _cond(upgrading, "UpgradeInProgress")["status"] == "True"
     assert upgrading["pendingRayClusterName"] == "triage-fghij"
+
+
+def _verdict(name: str, state: str, message: str = "m") -> AdapterVerification:
+    return AdapterVerification(adapter=name, state=state, message=message)
+
+
+def test_a_live_adapter_is_active_only_once_its_engine_answers_as_in_training() -> None:
+    live = [ResolvedAdapter("derm-v1", "s3://m/derm/"), ResolvedAdapter("triage-v3", "s3://m/t/")]
+    res = [AdapterResolution(a.name, uri=a.uri) for a in live]
+    rs = _rs(live)
+    assert adapters_to_verify(rs) == {"derm-v1": "s3://m/derm/", "triage-v3": "s3://m/t/"}
+
+    unchecked = _status(rs, res, checks=AdapterChecks("rev1"))
+    assert {a["name"]: a["state"] for a in unchecked["adapters"]} == {
+        "derm-v1": "Verifying",
+        "triage-v3": "Verifying",
+    }
+    assert unchecked["activeAdapters"] == [] and unchecked["phase"] == "Ready"  # the base model serves
+    assert _cond(unchecked, "AdaptersVerified")["status"] == "Unknown"
+
+    refusal = "refused: it answers differently from training (2.1 nats/token ...)"
+    checks = AdapterChecks(
+        "rev1",
+        {"derm-v1": _verdict("derm-v1", "Verified"), "triage-v3": _verdict("triage-v3", "Refused", refusal)},
+    )
+    checked = _status(rs, res, old=unchecked, checks=checks)
+    derm, triage = checked["adapters"]
+    assert (derm["state"], derm["verification"], derm["verifiedRevision"]) == ("Active", "Verified", "rev1")
+    assert (triage["state"], triage["verification"], triage["message"]) == ("Refused", "Refused", refusal)
+    assert checked["activeAdapters"] == ["derm-v1"]
+    verified = _cond(checked, "AdaptersVerified")
+    assert (verified["status"], verified["reason"]) == ("False", "AdapterRefused") and refusal in verified[
+        "message"
+    ]
+    assert checked["phase"] == "Ready" and "triage-v3" in checked["message"]
+    events = {e.reason: e for e in _events(unchecked, checked)}
+    assert events["AdapterRefused"].type == "Warning" and refusal in events["AdapterRefused"].message
+    assert "AdapterActivated" in events
+
+    # The verdicts live in status: the same files on the same revision are not asked again; a new
+    # revision (base model, engine) or new files are.
+    old = ModelServeStatus.from_status(checked)
+    uris = adapters_to_verify(rs)
+    assert recorded_verifications(old, uris, "rev1") == checks.results
+    assert recorded_verifications(old, uris, "rev2") == {}
+    assert recorded_verifications(old, {**uris, "triage-v3": "s3://m/t2/"}, "rev1").keys() == {"derm-v1"}
+
+
+def test_no_adapter_is_verified_while_the_application_deploys_or_upgrades() -> None:
+    live = [ResolvedAdapter("derm-v1", "s3://m/derm/")]
+    assert adapters_to_verify(_rs(live, synced=False)) == {}
+    assert adapters_to_verify(_rs(live, pending_cluster="triage-fghij")) == {}
+    assert adapters_to_verify(_rs(live, app_status="DEPLOYING")) == {}
+    assert adapters_to_verify(_rs(live, endpoints=0)) == {}
+    assert adapters_to_verify(None) == {}
+
+    # Mid-upgrade the old cluster serves: its verified adapters stay Active with their verdicts.
+    res = [AdapterResolution("derm-v1", uri="s3://m/derm/")]
+    before = _status(
+        _rs(live), res, checks=AdapterChecks("rev1", {"derm-v1": _verdict("derm-v1", "Verified")})
+    )
+    during = _status(_rs(live, pending_cluster="triage-fghij"), res, old=before, checks=AdapterChecks("rev2"))
+    assert during["phase"] == "Upgrading" and during["activeAdapters"] == ["derm-v1"]
+    assert during["adapters"] == before["adapters"]
+
+
+def test_without_verification_a_live_adapter_is_active_and_no_condition_is_set() -> None:
+    live = [ResolvedAdapter("derm-v1", "s3://m/derm/")]
+    st = _status(_rs(live), [AdapterResolution("derm-v1", uri="s3://m/derm/")])
+    assert st["activeAdapters"] == ["derm-v1"] and "verification" not in st["adapters"][0]
+    assert all(c["type"] != "AdaptersVerified" for c in st["conditions"])
 
 
 def test_kuberay_missing_is_a_condition_and_an_event() -> None:

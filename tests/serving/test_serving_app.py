@@ -27,6 +27,8 @@ from healthnav.serving.config import ServeAppConfig
 KEYS_ENV = "HEALTHNAV_TEST_SERVE_KEYS"
 KEY = "sk-test-serving"
 MAX_TOKENS = 24
+CONFIGURED_LATER = ("checked", "diverged")
+"""Adapters the app configures whose files a test uploads (the rollout-verification tests)."""
 
 
 @dataclass
@@ -59,7 +61,10 @@ def served(
             "modelName": "tiny",
             "baseModel": f"file://{tiny_model}",
             "engine": "transformers",
-            "adapters": [{"name": "triage", "uri": f"file://{tiny_adapter}"}],
+            "adapters": [
+                {"name": "triage", "uri": f"file://{tiny_adapter}"},
+                *({"name": n, "uri": f"s3://{bucket}/configured/{n}/"} for n in CONFIGURED_LATER),
+            ],
             "adaptersPrefix": prefix,
             "adapterDiscoveryTtlSeconds": 0,
             "adapterCacheDir": str(tmp_path_factory.mktemp("adapter-cache")),
@@ -322,38 +327,85 @@ def test_an_adapter_the_engine_cannot_load_is_a_502_naming_it_and_the_replica_li
     assert _greedy(served, "triage") and _greedy(served, "tiny")  # the replica still serves
 
 
-def _upload_adapter(served: Served, src: Path, name: str, probes: AdapterProbes, tmp_path: Path) -> None:
+def _upload_adapter(served: Served, src: Path, probes: AdapterProbes, tmp_path: Path, to: str) -> None:
     import shutil
 
     from healthnav.contracts.storage import upload_dir
 
-    shutil.copytree(src, tmp_path / name)
-    probes.write(tmp_path / name)
-    upload_dir(tmp_path / name, f"{served.prefix}{name}/adapter/", last=("adapter_config.json",))
+    shutil.copytree(src, tmp_path / "upload")
+    probes.write(tmp_path / "upload")
+    upload_dir(tmp_path / "upload", to, last=("adapter_config.json",))
 
 
-def test_an_adapter_that_answers_as_its_training_recorded_is_served(
+def _verification(served: Served, name: str) -> httpx.Response:
+    return httpx.get(
+        f"{served.url}/adapters/{name}/verification", timeout=60
+    )  # no API key: the operator has none
+
+
+def test_an_adapter_that_answers_as_its_training_recorded_is_served_and_verified(
     served: Served, tiny_adapter_probes: AdapterProbes, tmp_path: Path
 ) -> None:
-    name = f"checked-{uuid.uuid4().hex[:6]}"
-    _upload_adapter(served, served.adapter_dir, name, tiny_adapter_probes, tmp_path)
-    assert _greedy(served, name) == _greedy(served, "triage")
+    _upload_adapter(
+        served, served.adapter_dir, tiny_adapter_probes, tmp_path, f"s3://{served.bucket}/configured/checked/"
+    )
+    resp = _verification(served, "checked")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["state"] == "Verified" and "answers as in training" in resp.json()["message"]
+    assert _greedy(served, "checked") == _greedy(served, "triage")
 
 
 def test_an_adapter_that_answers_differently_from_its_training_is_refused_with_a_502(
     served: Served, other_adapter_probes: AdapterProbes, tmp_path: Path
 ) -> None:
     """Weights that are not the ones training scored (what an engine that mis-applies LoRA would
-    compute): the replica refuses them instead of serving unknown answers, and serves on."""
-    name = f"diverged-{uuid.uuid4().hex[:6]}"
-    _upload_adapter(served, served.adapter_dir, name, other_adapter_probes, tmp_path)
+    compute): the replica refuses them instead of serving unknown answers, says so to the
+    rollout's check, and serves on."""
+    _upload_adapter(
+        served,
+        served.adapter_dir,
+        other_adapter_probes,
+        tmp_path,
+        f"s3://{served.bucket}/configured/diverged/",
+    )
+    check = _verification(served, "diverged")
+    assert check.status_code == 200, check.text
+    assert (
+        check.json()["state"] == "Refused" and "answers differently from training" in check.json()["message"]
+    )
 
-    resp = served.post("/v1/completions", {"model": name, "prompt": "hello", "max_tokens": 4})
+    resp = served.post("/v1/completions", {"model": "diverged", "prompt": "hello", "max_tokens": 4})
     assert resp.status_code == 502, resp.text
     err = resp.json()["error"]
-    assert name in err["message"] and "answers differently from training" in err["message"]
+    assert "diverged" in err["message"] and "answers differently from training" in err["message"]
     assert err["param"] == "model"
     assert _greedy(served, "triage") and _greedy(served, "tiny")  # the replica still serves
+
+
+def test_a_discovered_adapter_verifies_the_same_way(
+    served: Served, other_adapter_probes: AdapterProbes, tmp_path: Path
+) -> None:
+    name = f"diverged-{uuid.uuid4().hex[:6]}"
+    _upload_adapter(
+        served, served.adapter_dir, other_adapter_probes, tmp_path, f"{served.prefix}{name}/adapter/"
+    )
+    resp = served.post("/v1/completions", {"model": name, "prompt": "hello", "max_tokens": 4})
+    assert resp.status_code == 502 and "answers differently from training" in resp.text
+
+
+def test_verification_says_an_adapter_without_probes_is_served_unverified_and_refuses_other_names(
+    served: Served,
+) -> None:
+    resp = _verification(served, "triage")  # built by peft directly: no trainer recorded probes
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {
+        "adapter": "triage",
+        "state": "NotRecorded",
+        "message": "ships no probes.json: served unverified",
+    }
+    for name in ("tiny", "nonexistent"):  # the base model has nothing to verify
+        resp = _verification(served, name)
+        assert resp.status_code == 404 and resp.json()["error"]["param"] == "name", resp.text
 
 
 # --- assessments -----------------------------------------------------------------------------------

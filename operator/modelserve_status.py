@@ -539,7 +539,14 @@ def _adapters_verified(
         conds.set(ADAPTERS_VERIFIED, "False", "AdapterRefused", detail[:MAX_APPLICATION_MESSAGE])
         return f"serving; adapter(s) refused, not served: {names} (see status.adapters)"
     if verifying:
-        conds.set(ADAPTERS_VERIFIED, "Unknown", "Verifying", f"checking {', '.join(verifying)}")
+        conds.set(
+            ADAPTERS_VERIFIED,
+            "Unknown",
+            "Verifying",
+            f"asking the application (GET /adapters/<name>/verification on the serve Service) about "
+            f"{', '.join(verifying)}; if this persists, the operator cannot reach it (set the chart's "
+            "serving.verifyAdapters=false to serve adapters unchecked)",
+        )
         return None
     checked = [a for a in adapters if a.verification]
     unverified = [a.name for a in checked if a.verification == "NotRecorded"]

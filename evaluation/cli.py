@@ -73,10 +73,18 @@ def eval_command(
     ] = None,
     max_examples: Annotated[int | None, typer.Option(help="Evaluate only the first N test records.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Generation budget per answer.")] = 256,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="In-process: answers generated N at a time (faster; latency not measured)."),
+    ] = 1,
     timeout: Annotated[float, typer.Option(help="Per-request timeout against --endpoint, seconds.")] = 60.0,
     skip_base: Annotated[
         bool, typer.Option(help="Do not evaluate the base model (no regression gate).")
     ] = False,
+    base_from: Annotated[
+        str | None,
+        typer.Option(help="Reuse the base column of an earlier eval/metrics.json (same dataset, settings)."),
+    ] = None,
     embedding_model: Annotated[
         str | None, typer.Option(help="Sentence-transformers directory (default: bundled all-MiniLM-L6-v2).")
     ] = None,
@@ -122,8 +130,10 @@ def eval_command(
                 "gates": parse_gates(gates) if gates else None,
                 "maxExamples": max_examples,
                 "maxNewTokens": max_new_tokens,
+                "batchSize": batch_size,
                 "timeoutSeconds": timeout,
                 "skipBase": skip_base,
+                "baseFrom": base_from,
                 "embeddingModel": embedding_model,
                 "device": device,
                 "mcqScoring": mcq_scoring,

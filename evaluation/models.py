@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from healthnav.contracts.errors import RetryableError
 
@@ -48,6 +48,8 @@ class Generation:
     total_s: float
     prompt_tokens: int
     completion_tokens: int
+    batched: bool = False
+    """Answered in a batch: ``total_s`` is the item's share of the batch, not a user's wait."""
 
 
 class EvaluatedModel(Protocol):
@@ -77,6 +79,17 @@ def continuation_logprob(
         if boundary <= offset < text_len and v is not None
     ]
     return sum(values) if values else None
+
+
+@runtime_checkable
+class BatchGenerating(Protocol):
+    """A model that answers several prompts greedily at once (in-process models only).
+
+    Each :class:`Generation` of a batch carries the batch's seconds divided among its items
+    and no time to first token: what the item cost, not what a user would wait.
+    """
+
+    def generate_batch(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]: ...
 
 
 class InProcessModel:
@@ -155,6 +168,27 @@ class InProcessModel:
             prompt_tokens=last.prompt_tokens,
             completion_tokens=last.completion_tokens,
         )
+
+    def generate_batch(self, prompts: Sequence[str], max_new_tokens: int) -> list[Generation]:
+        from healthnav.serving.engine import EngineRequestError
+
+        start = time.perf_counter()
+        try:
+            done = self.engine.generate_greedy_batch(prompts, max_new_tokens, adapter=self.adapter)
+        except EngineRequestError as exc:
+            raise ModelError(f"{self.name}: {exc.message}") from exc
+        share = (time.perf_counter() - start) / max(1, len(prompts))
+        return [
+            Generation(
+                text=c.text.strip(),
+                ttft_s=None,
+                total_s=share,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                batched=True,
+            )
+            for c in done
+        ]
 
     def loglikelihood(self, context: str, continuations: Sequence[str]) -> list[float]:
         from healthnav.serving.engine import Sampling

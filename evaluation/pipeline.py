@@ -14,6 +14,7 @@ file://): ``metrics.json`` (layout below), ``report.md``, ``report.html``, ``met
 ``latency.png``, ``predictions.jsonl``. ``metrics.json``::
 
     {"schemaVersion": "1", "dataset": URI, "split": "test", "createdAt": RFC3339,
+     "settings": {maxNewTokens, maxExamples, mcqScoring},   # what baseFrom checks
      "partial": bool, "passed": bool,            # gates passed (true when no gates)
      "metrics": {flat numeric candidate metrics}, # what FineTuneJob.status.output.metrics shows
      "candidate": {...}, "base": {...} | null, "reference": {...} | null,   # full metrics
@@ -82,8 +83,15 @@ class EvalConfig(CamelModel):
     timeout_seconds: float = Field(default=60.0, gt=0)
     """Per-request timeout against an endpoint."""
     max_consecutive_failures: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=1, ge=1, le=256)
+    """In-process models: free-text answers generated greedily this many at a time (several times
+    faster on a CPU). Latency is then not measured, so a latency gate fails; 1 measures it."""
     skip_base: bool = False
     """Do not evaluate the base model (halves the time; no regression gate then)."""
+    base_from: str | None = None
+    """``eval/metrics.json`` of an earlier evaluation whose base column is reused instead of
+    running the base again (several candidates against one base run). Refused unless it scored
+    the same dataset, base model and generation settings."""
     embedding_model: str | None = None
     """Local sentence-transformers directory; default: the bundled all-MiniLM-L6-v2."""
     mcq_scoring: Literal["loglikelihood", "generated"] = "loglikelihood"
@@ -100,7 +108,17 @@ class EvalConfig(CamelModel):
             raise ValueError("endpoint needs model: the served model name to evaluate")
         if self.adapter is not None and self.base_model is None:
             raise ValueError("adapter needs baseModel")
+        if self.base_from is not None and self.skip_base:
+            raise ValueError("baseFrom reuses a base column; skipBase drops it: give one of them")
         return self
+
+    def settings(self) -> dict[str, Any]:
+        """What makes two runs' scores comparable (recorded in metrics.json, checked by baseFrom)."""
+        return {
+            "maxNewTokens": self.max_new_tokens,
+            "maxExamples": self.max_examples,
+            "mcqScoring": self.mcq_scoring,
+        }
 
 
 class EvalOutcome(CamelModel):
@@ -143,6 +161,25 @@ def local_model(uri: str, field: str, required: str) -> str:
         raise EvaluationInputError(str(exc)) from exc
 
 
+def reused_base(config: EvalConfig) -> ModelEvaluation:
+    """The base column of ``config.base_from``, after checking it scored the same thing."""
+    source = config.base_from or ""
+    try:
+        doc = json.loads(storage.read_text(source))
+    except (storage.StorageError, json.JSONDecodeError) as exc:
+        raise EvaluationInputError(f"baseFrom {source}: not a readable metrics.json: {exc}") from exc
+    base, name = doc.get("base"), (doc.get("models") or {}).get("base")
+    if not isinstance(base, dict):
+        raise EvaluationInputError(f"baseFrom {source}: that evaluation has no base column")
+    served = config.endpoint_base_model if config.endpoint else None
+    wanted = {"dataset": config.dataset, "base model": served or config.base_model, **config.settings()}
+    found = {"dataset": doc.get("dataset"), "base model": name, **(doc.get("settings") or {})}
+    if differs := [k for k, v in wanted.items() if found.get(k) != v]:
+        shown = ", ".join(f"{k} {found.get(k)!r} (here {wanted[k]!r})" for k in differs)
+        raise EvaluationInputError(f"baseFrom {source}: scored with a different {shown}")
+    return ModelEvaluation(label="base", name=str(name), metrics=base, notes=[f"reused from {source}"])
+
+
 def flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
     """Numeric, non-null metrics only (what a CR status holds)."""
     return {
@@ -161,6 +198,7 @@ def write_artifacts(
     dataset: str,
     items: list[EvalItem],
     notes: list[str],
+    settings: dict[str, Any] | None = None,
 ) -> list[str]:
     """Render the report and plots and store everything under ``<output>/eval/``; returns the URIs."""
     from healthnav.evaluation import report
@@ -177,6 +215,7 @@ def write_artifacts(
         "schemaVersion": METRICS_SCHEMA_VERSION,
         "dataset": dataset,
         "split": "test",
+        "settings": settings or {},
         "createdAt": created,
         "partial": any(m.partial for m in models if m.label != "reference"),
         "passed": gate.passed,
@@ -249,6 +288,7 @@ def run_evaluation(
         max_new_tokens=config.max_new_tokens,
         max_consecutive_failures=config.max_consecutive_failures,
         mcq_scoring=config.mcq_scoring,
+        batch_size=config.batch_size,
     )
 
     def step(label: str) -> Callable[[int, int], None] | None:
@@ -259,7 +299,8 @@ def run_evaluation(
     adapter_dir = local_model(config.adapter, "adapter", ADAPTER_CONFIG) if config.adapter else None
     timeout = config.timeout_seconds
     plan: list[tuple[str, Callable[[], Any]]] = []
-    if not config.skip_base and (config.endpoint or adapter_dir):
+    models: list[ModelEvaluation] = [reused_base(config)] if config.base_from else []
+    if not config.skip_base and not config.base_from and (config.endpoint or adapter_dir):
         if config.endpoint and config.endpoint_base_model:
             name = config.endpoint_base_model
             plan.append(("base", lambda: EndpointModel(config.endpoint or "", name, timeout_s=timeout)))
@@ -287,7 +328,6 @@ def run_evaluation(
                 lambda: InProcessModel.load(base_dir or "", device=config.device, name=config.base_model),
             )
         )
-    models: list[ModelEvaluation] = []
     for label, make in plan:
         model = make()
         models.append(evaluate_engine(label, model, items, progress=step(label), **kwargs))
@@ -303,7 +343,14 @@ def run_evaluation(
         candidate.metrics, by_label["base"].metrics if "base" in by_label else None, config.gates
     )
     artifacts = write_artifacts(
-        config.output, models, gate=gate, gates=config.gates, dataset=config.dataset, items=items, notes=notes
+        config.output,
+        models,
+        gate=gate,
+        gates=config.gates,
+        dataset=config.dataset,
+        items=items,
+        notes=notes,
+        settings=config.settings(),
     )
     return EvalOutcome(
         output=artifacts[-1].rsplit("/", 1)[0] + "/",

@@ -33,7 +33,13 @@ from healthnav.evaluation.metrics import (
     rouge_l,
     triage_scores,
 )
-from healthnav.evaluation.models import EvaluatedModel, LoglikelihoodUnsupported, ModelError
+from healthnav.evaluation.models import (
+    BatchGenerating,
+    EvaluatedModel,
+    Generation,
+    LoglikelihoodUnsupported,
+    ModelError,
+)
 from healthnav.evaluation.reference import ReferenceIndex
 from healthnav.evaluation.tasks import EvalItem
 
@@ -100,7 +106,12 @@ def _rule_escalates(item: EvalItem) -> bool:
 
 
 def _score_item(
-    engine: EvaluatedModel, item: EvalItem, max_new_tokens: int, cost: CostModel, state: dict[str, Any]
+    engine: EvaluatedModel,
+    item: EvalItem,
+    max_new_tokens: int,
+    cost: CostModel,
+    state: dict[str, Any],
+    generated: Generation | None = None,
 ) -> ItemResult:
     result = ItemResult(id=item.id, kind=item.kind, gold=item.gold, risk_gold=item.risk_level)
     if item.kind == "mcq":
@@ -121,9 +132,10 @@ def _score_item(
         result.choice = result.choice_norm = choice_from_text(gen.text, item.labels, item.choices)
         return result
 
-    gen = engine.generate(item.prompt, max_new_tokens)
+    gen = generated or engine.generate(item.prompt, max_new_tokens)
     result.prediction = gen.text
-    result.ttft_s, result.total_s = gen.ttft_s, gen.total_s
+    # a batched answer's seconds are its share of the batch: a cost, not a latency anyone waited
+    result.ttft_s, result.total_s = gen.ttft_s, None if gen.batched else gen.total_s
     result.prompt_tokens, result.completion_tokens = gen.prompt_tokens, gen.completion_tokens
     result.cost_usd = cost.self_hosted(gen.total_s)
     if item.kind == "triage":
@@ -144,15 +156,21 @@ def evaluate_engine(
     max_new_tokens: int = 256,
     max_consecutive_failures: int = 3,
     mcq_scoring: str = "loglikelihood",
+    batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> ModelEvaluation:
     """Score ``engine`` on every item; failures make the result partial instead of raising.
 
     ``mcq_scoring``: ``loglikelihood`` (lm-evaluation-harness; falls back to ``generated`` when
     the engine cannot return log-probabilities) or ``generated`` (read the letter the model writes).
+    ``batch_size`` > 1 answers the free-text items of an in-process model in greedy batches
+    (:func:`generate_in_batches`); latency is then not measured (cost per query still is).
     """
     cost = cost or CostModel()
     state: dict[str, Any] = {"loglikelihood": mcq_scoring != "generated", "notes": []}
+    pregenerated: dict[str, Generation] = {}
+    if batch_size > 1 and isinstance(engine, BatchGenerating):
+        pregenerated = generate_in_batches(engine, items, max_new_tokens, batch_size, state["notes"])
     results: list[ItemResult] = []
     consecutive = 0
     aborted: str | None = None
@@ -169,7 +187,7 @@ def evaluate_engine(
             )
             continue
         try:
-            results.append(_score_item(engine, item, max_new_tokens, cost, state))
+            results.append(_score_item(engine, item, max_new_tokens, cost, state, pregenerated.get(item.id)))
             consecutive = 0
         except (ModelError, TimeoutError, RuntimeError) as exc:
             consecutive += 1
@@ -190,6 +208,36 @@ def evaluate_engine(
     return ModelEvaluation(
         label=label, name=engine.name, metrics=metrics, results=results, notes=state["notes"]
     )
+
+
+def generate_in_batches(
+    engine: BatchGenerating,
+    items: Sequence[EvalItem],
+    max_new_tokens: int,
+    batch_size: int,
+    notes: list[str],
+) -> dict[str, Generation]:
+    """Answers to the free-text items, ``batch_size`` prompts of similar length at a time.
+
+    Sorting by prompt length keeps the left padding of each batch small. A batch that fails is
+    left out: its items are then asked one at a time, where failures are counted as usual.
+    """
+    free_text = sorted((i for i in items if i.kind != "mcq"), key=lambda i: len(i.prompt))
+    answers: dict[str, Generation] = {}
+    for start in range(0, len(free_text), batch_size):
+        batch = free_text[start : start + batch_size]
+        try:
+            done = engine.generate_batch([i.prompt for i in batch], max_new_tokens)
+        except (ModelError, RuntimeError) as exc:
+            log.warning("a batch of %d failed (%s); asking its items one at a time", len(batch), exc)
+            continue
+        answers.update((i.id, g) for i, g in zip(batch, done, strict=True))
+    if answers:
+        notes.append(
+            f"free-text answers generated greedily in batches of up to {batch_size}: latency is not "
+            "measured (evaluate the served endpoint for it); cost per query is each item's share"
+        )
+    return answers
 
 
 def evaluate_reference(

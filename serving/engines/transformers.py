@@ -14,7 +14,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,17 @@ from healthnav.serving.engine import (
 from healthnav.serving.engines.constraints import Constrainer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchCompletion:
+    """One prompt's answer from :meth:`TransformersEngine.generate_greedy_batch`."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """``stop`` (the model ended it) or ``length`` (``max_new_tokens`` reached)."""
 
 
 class _QueueStreamer:
@@ -208,6 +220,52 @@ class TransformersEngine:
         except BaseException as exc:  # surfaced to the caller by generate()
             failure.append(exc)
             streamer.end()
+
+    def generate_greedy_batch(
+        self, prompts: Sequence[str], max_new_tokens: int, *, adapter: str | None
+    ) -> list[BatchCompletion]:
+        """Greedy, unconstrained completions of several prompts in one left-padded ``generate``.
+
+        For offline evaluation, where a 2-core CPU spends most of each decoding step on overhead
+        that a batch of eight shares: several times the throughput of one request at a time. A
+        serving replica never calls it (requests stream one by one). Callers sort prompts by
+        length so the padding is small; greedy tokens can differ from the unbatched ones only
+        where two logits tie within float rounding.
+        """
+        import torch
+
+        if adapter is not None and adapter not in self._adapters:
+            raise EngineRequestError(f"adapter {adapter!r} is not loaded on this replica", param="model")
+        encoded = [self.tokenizer(p)["input_ids"] for p in prompts]
+        for ids in encoded:
+            check_context(len(ids), max_new_tokens, self.max_model_len)
+        pad = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+        with self._lock, self._adapter_context(adapter), torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        completions = []
+        for ids, row in zip(encoded, out[:, width:].tolist(), strict=True):
+            eos = self.tokenizer.eos_token_id
+            ended = eos in row
+            kept = row[: row.index(eos)] if ended else row
+            completions.append(
+                BatchCompletion(
+                    text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(kept),
+                    finish_reason="stop" if ended else "length",
+                )
+            )
+        return completions
 
     def _adapter_context(self, adapter: str | None) -> Any:
         """Activate ``adapter`` (or bypass all adapters for the base model); call under the lock."""

@@ -137,6 +137,24 @@ def test_text_metrics() -> None:
     assert 0 < bleu(["the patient has a fever"], ["the patient has a high fever"]) < 1
 
 
+def test_bertscore_ranks_a_paraphrase_above_an_unrelated_answer() -> None:
+    """BERTScore is part of every report (the roadmap's metric list): the library and the bundled
+    MiniLM must both load offline, and the score must order answers by meaning."""
+    from healthnav.evaluation.bertscore import LAYER, load_bert_scorer
+
+    scorer, note = load_bert_scorer()
+    assert scorer is not None, note
+    assert f"layer {LAYER} of 6" in note
+    reference = "Risk level: emergency. Call an ambulance now; this may be a heart attack."
+    paraphrase, unrelated = (
+        "Emergency: phone for an ambulance now, it could be a heart attack.",
+        ("Drink plenty of fluids and rest; a cold usually clears up within a week."),
+    )
+    same, close, far, empty = scorer.f1([reference, paraphrase, unrelated, ""], [reference] * 4)
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert same > close > far and empty == 0.0
+
+
 @pytest.mark.unit
 def test_triage_scores_and_red_flag_recall() -> None:
     s = triage_scores(

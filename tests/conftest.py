@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("vllm"):
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct prepared from its package (converted once, cached outside the repo);
+    tests that need a real language model skip, saying why, where the package is not installed."""
+    try:
+        from healthnav.models.prepare import prepare
+
+        return prepare("smollm2-135m-instruct").path
+    except Exception as exc:  # ModelNotAvailable: the package (or gguf) is not installed here
+        pytest.skip(f"SmolLM2-135M-Instruct cannot be prepared here: {exc}")
 
 
 @pytest.fixture(scope="session")

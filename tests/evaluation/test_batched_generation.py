@@ -31,16 +31,6 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def smollm2() -> Path:
-    try:
-        from healthnav.models.prepare import prepare
-
-        return prepare("smollm2-135m-instruct").path
-    except Exception as exc:  # ModelNotAvailable: the package (or gguf) is not installed here
-        pytest.skip(f"SmolLM2-135M-Instruct cannot be prepared here: {exc}")
-
-
 def test_batched_greedy_answers_equal_one_at_a_time(smollm2: Path) -> None:
     model = InProcessModel.load(smollm2, device="cpu")
     prompts = [render_prompt(q, "") for q in QUESTIONS]

@@ -34,16 +34,6 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def smollm2() -> Path:
-    try:
-        from healthnav.models.prepare import prepare
-
-        return prepare("smollm2-135m-instruct").path
-    except Exception as exc:  # ModelNotAvailable: the package (or gguf) is not installed here
-        pytest.skip(f"SmolLM2-135M-Instruct cannot be prepared here: {exc}")
-
-
-@pytest.fixture(scope="module")
 def engine(smollm2: Path) -> Any:
     from healthnav.serving.engines.transformers import TransformersEngine
 

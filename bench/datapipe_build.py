@@ -199,6 +199,7 @@ def run_one(n: int) -> dict[str, object]:
                             # synthetic: measures the rules path that sources without patient data
                             # take; the NER pass's throughput is bench/deid_recall.py's
                             "patient_data": False,
+                            "deidentify": True,  # rules only (no patient data), but on
                         },
                         {
                             "name": "qa",

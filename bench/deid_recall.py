@@ -1,12 +1,14 @@
 """De-identification: recall per type, precision, clinical retention and throughput, NER on and off.
 
-Two labelled sets: the independent one (``bench/data/deid/independent.jsonl``, written without
-access to the de-identifier: see its README) and the co-written one the rules were tuned
-alongside (``tests/datapipe/data/deid_labelled.jsonl``: optimistic). Throughput is measured on
-app-export records (``examples/data/app_assessments_synthetic.jsonl``, every free-text field
-scrubbed as ``hnav data build`` does, in batches of 64) in CPU seconds of this one process, so
-records per CPU-second is records per second per core, and it is steadier than wall time on a
-shared machine. Writes ``bench/results/deid_recall.json``.
+Three labelled sets: the held-out one (``bench/data/deid/heldout.jsonl``, written without access
+to the de-identifier or the other sets, and never read while tuning: see ``HELDOUT.md``), the
+independent one (``bench/data/deid/independent.jsonl``, also written blind, but its misses were
+read to find general gaps, so it is now a development set: see its README) and the co-written
+one the rules were tuned alongside (``tests/datapipe/data/deid_labelled.jsonl``: optimistic).
+Throughput is measured on app-export records (``examples/data/app_assessments_synthetic.jsonl``,
+every free-text field scrubbed as ``hnav data build`` does, in batches of 64) in CPU seconds of
+this one process, so records per CPU-second is records per second per core, and it is steadier
+than wall time on a shared machine. Writes ``bench/results/deid_recall.json``.
 
     .venv/bin/python -m bench.deid_recall [--repeat 5]
 """
@@ -23,6 +25,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = {
+    # held out: written blind to the rules and to the other sets, and not read while tuning
+    "heldout": REPO / "bench" / "data" / "deid" / "heldout.jsonl",
+    # written blind to the rules, but its misses were read to find general gaps: a development set
     "independent": REPO / "bench" / "data" / "deid" / "independent.jsonl",
     "co_written": REPO / "tests" / "datapipe" / "data" / "deid_labelled.jsonl",
 }

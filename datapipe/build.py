@@ -36,6 +36,7 @@ from healthnav.contracts.records import SCHEMA_VERSION, TrainingRecord
 from healthnav.contracts.uris import StorageURI
 from healthnav.contracts.validation import validation_problems
 from healthnav.datapipe.deid import Deidentifier, DeidResult, NerUnavailable
+from healthnav.datapipe.deid.clinical import vocabulary_versions
 from healthnav.datapipe.deid.lexicon import lexicon_versions
 from healthnav.datapipe.deid.ner import install_hint as ner_install_hint
 from healthnav.datapipe.quality import (
@@ -493,6 +494,7 @@ def _deidentifier(config: BuildConfig) -> tuple[Deidentifier, dict[str, Any]]:
         "method": "rules+ner+context",
         "ner": deid.ner.provenance.to_dict(),
         "lexicons": lexicon_versions(),
+        "clinical_vocabulary": vocabulary_versions(),
     }
 
 

@@ -93,6 +93,9 @@ def _cues() -> _Cues:
     names = read_sections("name_cues")
     sets = {k: phrases(v) for k, v in names.items()}
     place = phrases(read_list("place_cues"))
+    # "my physio is Olumide", "her nurse was Ines", "my son named Kofi": a relation, then the verb
+    verbs = (("is",), ("was",), ("named",), ("called",), ("is", "called"), ("is", "named"))
+    sets["relation"] = sets["relation"] | {p + v for p in sets["relation"] for v in verbs}
     longest = max(len(p) for s in [*sets.values(), place] for p in s)
     last = frozenset(p[-1] for s in [*sets.values(), place] for p in s)
     return _Cues(sets["relation"], sets["title"], sets["introduction"], place, longest, last)
@@ -107,6 +110,7 @@ class ContextDetector:
         self.clinical = word_set("clinical_terms")
         self.particles = word_set("name_particles")
         self.stop_names = word_set("name_stopwords")
+        self.relation_words = frozenset(p[0] for p in self.cues.relation | self.cues.title if len(p) == 1)
 
     # -- word tests
 
@@ -176,7 +180,45 @@ class ContextDetector:
             if not EPONYM_AFTER.match(text, end):
                 found.append((start, end, kind))
             i = j + 1
+        found.extend(self._named_before_relation(text, words, cased))
+        found.extend(self._sign_off(text, cased))
         return found
+
+    def _name_word(self, word: str, cased: bool) -> bool:
+        """A word that can be a name when the context says a person is meant."""
+        w = word.lower()
+        if self._never(w) or len(w) < 2 or w in self.relation_words:
+            return False
+        if cased and not word[0].isupper():
+            return False
+        return self.lex.is_name(w) or self.lex.is_proper(w) or not self.lex.is_everyday(w)
+
+    def _named_before_relation(self, text: str, words: list[tuple[int, int, str]], cased: bool) -> list[Span]:
+        """A name that a relation follows: "Destiny (my niece)", "Ember's mum here", "Wren, my son"."""
+        out: list[Span] = []
+        for start, end, word in words:
+            m = _RELATION_AFTER.match(text, end)
+            if m is None:
+                continue
+            rel = (m.group("rel") or "").lower()
+            if (rel in self.relation_words or m.group("age")) and self._name_word(word, cased):
+                out.append((start, end, "NAME"))
+        return out
+
+    def _sign_off(self, text: str, cased: bool) -> list[Span]:
+        """The name that signs a message or a field: "…thanks so much, Marisol", "— Ama"."""
+        out: list[Span] = []
+        for m in _SIGN_OFF.finditer(text):
+            parts = [
+                (p.start(), p.end(), p.group()) for p in _WORD.finditer(text, m.start("who"), m.end("who"))
+            ]
+            if parts and all(
+                self._name_word(w, cased)
+                and (self.lex.is_name(w.lower()) or not self.lex.is_everyday(w.lower()))
+                for _, _, w in parts
+            ):
+                out.append((parts[0][0], parts[-1][1], "NAME"))
+        return out
 
     def _cue_before(
         self, text: str, words: list[tuple[int, int, str]], lowered: list[str], i: int, cased: bool
@@ -196,8 +238,9 @@ class ContextDetector:
                     if before not in _POSSESSIVES and not (cased and word[0].isupper()):
                         continue
                 return "NAME", self._strong_first(word, cased)
-            if phrase in self.cues.introduction:
-                return "NAME", self._weak_first(word, cased)
+            # "from", "to", "with" introduce a name or a place: what follows decides
+            if phrase in self.cues.introduction and self._weak_first(word, cased):
+                return "NAME", True
             if phrase in self.cues.place:
                 return "LOCATION", self._place(word, cased) or self._two_capitals(text, words, i, cased)
         return None, False
@@ -220,9 +263,18 @@ class ContextDetector:
         everyday word ("Hope" in "Hope Abernathy-Quist"): alone it is not taken, before a name it is."""
         out = []
         facility = word_set("facility_words")
+        cased = _is_cased(text)
         for start, end, kind in spans:
             while (m := _WORD_AFTER.match(text, end)) and m.group(1).lower() in facility:
                 end = m.end(1)  # "[Yuba City] DMV", "[Maplewood] Middle"
+            if (m := _SAINT_BEFORE.search(text, 0, start)) is not None:
+                start, kind = m.start(), "LOCATION"  # "St. [Columba]'s", "San [Marcos]": a place
+            extra = 0
+            while cased and extra < 2 and (m := _CAPITALISED_AFTER.match(text, end)) is not None:
+                w = m.group(1)
+                if self._never(w.lower()) or w.lower() in facility or w.isupper():
+                    break
+                end, extra = m.end(1), extra + 1  # "[Tiva] Running Bear": the rest of a name
             if kind == "NAME" and (m := _WORD_BEFORE.search(text, 0, start)):
                 w = m.group(1).lower()
                 if w in self.lex.first_names and not self._never(w) and _is_cased(text):
@@ -262,12 +314,49 @@ class ContextDetector:
 
 
 _WORD_AFTER = re.compile(r"(?:'s|\u2019s)? ([^\W\d_]+)\b")
+_CAPITALISED_AFTER = re.compile(
+    r" ([^\W\d_a-z][^\W\d_A-Z][^\W\d_]*)\b(?!['\u2019]s\s+(?:disease|syndrome|palsy))"
+)
+_SAINT_BEFORE = re.compile(r"\b(?:St|Ste|Saint|Sainte|San|Santa)\.? \Z")
+# after a name: a relation that says it is a person ("'s dad", "(my daughter)", ", my son", "(my 2yo)")
+_RELATION_AFTER = re.compile(
+    r"(?:['\u2019]s\s+|\s*\(\s*(?:my|our|his|her|their)\s+|,\s+(?:my|our|his|her|their)\s+)"
+    r"(?:(?P<age>\d{1,2}\s*(?:yo|y/?o|yrs?|years?|months?|mos?|wks?|weeks?)\b)|(?P<rel>[^\W\d_]+)\b)",
+    re.I,
+)
+# the last words of a message or field after a comma, a dash or a line break: a signature
+_SIGN_OFF = re.compile(
+    r"(?:,|\s[-\u2013\u2014]|^|\n)[ \t]*(?P<who>[^\W\d_][\w'\u2019\-]+(?:[ \t]+[^\W\d_][\w'\u2019\-]+)?)"
+    r"[ \t.!]*(?:[xX]{1,3})?[ \t.!]*(?=\x00|\Z)",
+    re.M,
+)
 _WORD_BEFORE = re.compile(r"\b([^\W\d_a-z][^\W\d_]+) \Z")
+
+
+# "it's", "that's": contractions, not possessives (the cue "it's Oksana" needs the whole word)
+_CONTRACTIONS = frozenset(
+    w.replace("'", q)
+    for w in (
+        "it's",
+        "that's",
+        "there's",
+        "here's",
+        "what's",
+        "who's",
+        "he's",
+        "she's",
+        "name's",
+        "let's",
+        "where's",
+        "how's",
+    )
+    for q in "'\u2019"
+)
 
 
 def _strip_possessive(start: int, end: int, word: str) -> tuple[int, int, str]:
     """ "Maria's" is Maria; the "'s" is not part of the name (nor of "Bell's palsy")."""
-    if len(word) > 3 and word[-2] in "'\u2019" and word[-1] in "sS":
+    if len(word) > 3 and word[-2] in "'\u2019" and word[-1] in "sS" and word.lower() not in _CONTRACTIONS:
         return start, end - 2, word[:-2]
     return start, end, word
 

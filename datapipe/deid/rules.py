@@ -97,10 +97,15 @@ _STREET_SUFFIX = (
     r"Ter|Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Trail|Trl|Row|Close|Crescent)"
 )
 _CAP = r"[A-Z][a-zA-Z'\u2019\-]+"
-ID_VALUE = r"(?=[A-Za-z0-9\-]*\d)[A-Za-z0-9][A-Za-z0-9\-]{3,}"
+# an identifier after its cue; it may be written in space-separated groups ("5521 0830 1192",
+# "QXE 2231 77 09", plate "7KLM 204"): every further group starts with a digit
+ID_VALUE = (
+    r"(?:(?=[A-Za-z0-9\-]*\d)[A-Za-z0-9][A-Za-z0-9\-]{3,}|[A-Z]{1,4}(?= \d)|\d{2,3}(?= \d{3}))"
+    r"(?: \d[A-Za-z0-9\-]+)*"
+)
 # What Hyperscan's prefilter scans for in place of ID_VALUE: matches wherever ID_VALUE does
 # (its look-ahead asks for a digit within the value), which prefilter mode would otherwise drop
-ID_VALUE_HS = r"(?:\d|[A-Za-z0-9][A-Za-z0-9\-]*\d)"
+ID_VALUE_HS = r"(?:\d|[A-Za-z0-9][A-Za-z0-9\-]*\d|[A-Z]{1,4} \d)"
 
 
 def _cue(words: str) -> str:
@@ -247,6 +252,63 @@ _PERSON_WORDS = (
 )
 
 
+# no unit right after a number: "500-1000 mg" is a dose range, "floor 2 times" is not a floor
+_NO_UNIT_AFTER = (
+    r"(?!\s*(?:mg|mcg|ml|g\b|kg|lbs?|units?|iu|%|percent|steps|cal|kcal|calories|mmol|cells|copies|"
+    r"times|x\b|mins?|minutes|hours?|hrs?|days?|weeks?|wks?|months?|years?|yrs?|doses?|tabs?|tablets?|pills?|"
+    r"miles?|mi\b|km|blocks?|feet|ft\b|people|patients))"
+)
+# in lower-case text only the suffixes that are not also everyday or clinical words ("drive",
+# "court", "ct" for a CT scan are left to the capitalised rule)
+_STREET_SUFFIX_ANYCASE = (
+    r"(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|terrace|parkway|pkwy|highway|hwy|trail|trl|"
+    r"crescent|pike)"
+)
+# holidays name a day of the year: "boxing day", "thanksgiving", "new year's day", "4th of july"
+_HOLIDAY_WORDS = (
+    "christmas",
+    "xmas",
+    "thanksgiving",
+    "easter",
+    "halloween",
+    "valentine",
+    "valentine's",
+    "independence",
+    "memorial",
+    "labor",
+    "labour",
+    "boxing",
+    "new year",
+    "new year's",
+    "good friday",
+    "mother's day",
+    "father's day",
+    "diwali",
+    "hanukkah",
+    "chanukah",
+    "passover",
+    "rosh hashanah",
+    "yom kippur",
+    "eid",
+    "lunar new year",
+    "mlk",
+    "veterans",
+    "juneteenth",
+    "of july",
+    "st patrick",
+    "st. patrick",
+)
+_HOLIDAYS = (
+    r"(?i)\b(?:(?:christmas|xmas|new\s+year'?s?|easter|halloween|thanksgiving|st\.?\s+patrick'?s|"
+    r"good\s+friday|juneteenth|diwali|hanukkah|chanukah|passover|rosh\s+hashanah|yom\s+kippur|"
+    r"eid(?:\s+al[\s-](?:fitr|adha))?|lunar\s+new\s+year|(?:4th|fourth)\s+of\s+july)"
+    r"(?:\s+(?:eve|day|sunday|monday|morning|night|weekend))?"
+    # these are words on their own ("memorial hospital", "in labour"): only with "day"
+    r"|(?:boxing|valentine'?s|independence|memorial|labou?r|veterans'?|mother'?s|father'?s|mlk|"
+    r"presidents'?)\s+day)\b"
+)
+
+
 def rules() -> list[Rule]:
     r = re.compile
     return [
@@ -318,12 +380,22 @@ def rules() -> list[Rule]:
         Rule(
             "LICENSE",
             r(
-                _cue(r"driver'?s licen[cs]e|licen[cs]e|lic|dl|dea|npi|certificate|cert|passport|permit")
+                _cue(r"driver'?s licen[cs]e|licen[cs]e|lic|dl|cdl|dea|npi|certificate|cert|passport|permit")
                 + rf"(?P<v>{ID_VALUE})"
             ),
             "v",
             gate=_cues(
-                "license", "licence", "lic", "dl", "dea", "npi", "certificate", "cert", "passport", "permit"
+                "license",
+                "licence",
+                "lic",
+                "dl",
+                "cdl",
+                "dea",
+                "npi",
+                "certificate",
+                "cert",
+                "passport",
+                "permit",
             ),
         ),
         Rule(
@@ -385,7 +457,8 @@ def rules() -> list[Rule]:
         Rule(
             "DATE",  # a weekday with a day of the month: "Tuesday the 14th", "Wednesday 8th"
             r(
-                r"(?i)\b(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri|sat(?:ur)?|sun)(?:day)?\.?,?\s+(?:the\s+)?"
+                r"(?i)\b(?:(?:last|next|this|past|coming)\s+)?(?:mon|tues?|wed(?:nes)?|thu(?:rs?)?|fri|sat(?:ur)?|sun)"
+                r"(?:day)?\.?,?\s+(?:the\s+)?"
                 r"(?:[12]?\d|3[01])(?:st|nd|rd|th)\b"
             ),
             gate=_cues("st", "nd", "rd", "th"),
@@ -600,7 +673,8 @@ def rules() -> list[Rule]:
                 _cue(
                     r"employee|staff|badge|student|case|claim|ticket|reference|ref|confirmation|order|"
                     r"prescription|rx|booking|customer|client|file|enrol?ment|registration|tracking|worker|"
-                    r"payroll|inmate|military|service|visa|benefits?|national id|id card|id"
+                    r"payroll|inmate|military|service|visa|benefits?|national id|id card|id|user ?name|"
+                    r"user ?id|login|log-in|handle|screen name"
                 )
                 + rf"(?P<v>{ID_VALUE})"
             ),
@@ -638,6 +712,13 @@ def rules() -> list[Rule]:
                 "national id",
                 "id card",
                 "id",
+                "username",
+                "user",
+                "userid",
+                "login",
+                "log-in",
+                "handle",
+                "screen name",
             ),
         ),
         Rule(
@@ -692,6 +773,161 @@ def rules() -> list[Rule]:
             gate=_regex(r"\d[A-Z\-]*\d[A-Z\-]*\d[A-Z\-]*\d"),
         ),
         Rule("ID", r(r"(?<![\d.,])\d{7,}(?![\d.,]*\s*(?:mg|mcg|ml|units?|iu|cells))"), gate=_digit_run(7)),
+        # a number written in three or more hyphenated groups ("12-4409-871", "4410-22-0913") is a
+        # record or account number whatever its cue; a date or a phone number is judged as such
+        Rule(
+            "ID",
+            r(r"(?<![\w\-/.])\d{2,5}(?:-\d{2,5}){2,4}(?![\w\-/])"),
+            check="grouped_id",
+            gate=_regex(r"\d-\d+-\d", min_runs=3, chars="-"),
+        ),
+        # phone numbers in the shapes people type that the North American pattern above misses:
+        # UK numbers with the trunk 0 ("07700 900123", "020 7946 0018", "0161 496 0719") and a
+        # seven-digit local number ("555-0142"), unless a unit follows (a dose range "500-1000 mg")
+        Rule(
+            "PHONE",
+            r(
+                r"(?<![\w+.\-/])0(?:\d{4}[ \-]?\d{6}|\d{3}[ \-]?\d{3}[ \-]?\d{4}|"
+                r"\d{2}[ \-]?\d{4}[ \-]?\d{4})\b"
+            ),
+            gate=_digit_run(3),
+        ),
+        Rule(
+            "PHONE",
+            r(r"(?<![\w\-/.])[2-9]\d{2}-\d{4}\b(?![\-/])" + _NO_UNIT_AFTER),
+            gate=_regex(r"\d{3}-\d{4}", min_runs=2, chars="-"),
+        ),
+        # rooms, beds, floors and buildings locate a person as precisely as a street address:
+        # "room 30", "rm 5", "bed 12", "building D", "ward 7B"
+        Rule(
+            "LOCATION",
+            r(
+                r"(?i)\b(?:room|rm|bed|bay|ward|wing|floor|fl|cabin|dorm|flat|cubicle|berth|trailer|"
+                r"tower|pod)\.?\s*#?\s*(?=[a-z]?\d)[a-z]?\d+[a-z]?\b(?![:/.]\d)" + _NO_UNIT_AFTER
+            ),
+            gate=_cues(
+                "room",
+                "rm",
+                "bed",
+                "bay",
+                "ward",
+                "wing",
+                "floor",
+                "fl",
+                "cabin",
+                "dorm",
+                "flat",
+                "cubicle",
+                "berth",
+                "trailer",
+                "tower",
+                "pod",
+            ),
+        ),
+        Rule(
+            "LOCATION",
+            r(
+                r"\b(?i:apt|apartment|unit|suite|ste|bldg|building|block|blk|wing|tower|ward|bay|hall|dorm|"
+                r"cabin|house|cottage|pod)\s+#?(?!I\b)[A-Z](?![\w'\u2019])"
+            ),
+            gate=_regex(r"\s#?[A-Z](?![\w'])", min_runs=0),
+        ),
+        # roads by number and the places on them: "Hwy 12", "county road 9", "I-95", "exit 212",
+        # "mile marker 12" (with a house number before, "5512 county road 9", taken too)
+        Rule(
+            "LOCATION",
+            r(
+                r"(?i)\b(?:\d{1,6}\s+)?(?:(?:county|state|farm|forest|us|u\.s\.)\s+(?:road|rd|route|rte|hwy|"
+                r"highway)|highway|hwy|route|rte|interstate|exit|junction|jct|mile\s+marker)\.?\s*#?\s*"
+                r"\d{1,4}[a-z]?\b" + _NO_UNIT_AFTER
+            ),
+            gate=_cues(
+                "road",
+                "rd",
+                "route",
+                "rte",
+                "hwy",
+                "highway",
+                "interstate",
+                "exit",
+                "junction",
+                "jct",
+                "marker",
+            ),
+        ),
+        Rule("LOCATION", r(r"\bI-\d{1,3}\b"), gate=_cased_any("I-")),
+        # street addresses with numbered streets or typed in lower case: "2210-4 31st Ave",
+        # "17 w birch st", "1203 e 4th ave"
+        Rule(
+            "LOCATION",
+            r(
+                r"(?i)\b\d{1,6}(?:-\d{1,4})?[a-z]?" + _NO_UNIT_AFTER + r"\s+(?:[nsew]\.?\s+)?"
+                r"(?:(?!(?:the|a|an|to|of|and|from|in|on|at|my|his|her|our|for|by|up|down|per|a\s+day)\s)"
+                r"[a-z][a-z'\u2019\-]+\s+|\d{1,3}(?:st|nd|rd|th)\s+){1,3}" + _STREET_SUFFIX_ANYCASE + r"\b\.?"
+            ),
+            gate=_STREET_WORDS,
+        ),
+        # a street named without a number: "on Rogers Ave", "off Bellaire Blvd", "near Elm Street"
+        Rule(
+            "LOCATION",
+            r(
+                rf"(?i:\b(?:on|off|at|near|along|down|up|by|across|past|corner\s+of)\s+(?:the\s+)?)"
+                rf"(?P<v>(?:{_CAP}\s+){{1,3}}{_STREET_SUFFIX}\b\.?)"
+            ),
+            "v",
+            gate=_STREET_WORDS,
+        ),
+        # a zip code after a place cue or before "zip": "i live in 30310", "the 02124 zip"
+        Rule(
+            "ZIP",
+            r(
+                r"(?i:\b(?:in|near|outside|area|live\s+in|lives\s+in)\s+(?:the\s+)?)"
+                r"(?P<v>\d{5}(?:-\d{4})?)\b(?![.,]\d)(?!\s*(?:to|-|\u2013)\s*\d)(?!s\b)" + _NO_UNIT_AFTER
+            ),
+            "v",
+            gate=_digit_run(5),
+        ),
+        Rule(
+            "ZIP",
+            r(r"\b(?P<v>\d{5}(?:-\d{4})?)(?i:\s+(?:zip|zipcode|zip\s+code|area|postcode))\b"),
+            "v",
+            gate=_cues("zip", "zipcode", "area", "postcode"),
+        ),
+        # dates: a list after a date ("on 3/2, 3/5 and 3/9"), a day of the month after an event
+        # word ("discharged the 6th"), and holidays (a date without its year)
+        Rule(
+            "DATE",
+            r(
+                r"\b\d{1,2}/\d{1,2},\s+(?P<v>\d{1,2}/\d{1,2})\b(?![/\d])"
+                r"(?!\s*(?:pain|scale|tabs?|tablets?|strength|of\b|mg|ml))"
+            ),
+            "v",
+            check="md",
+            gate=_cased_any("/"),
+        ),
+        Rule(
+            "DATE",
+            r(
+                r"(?i:\b(?:admitted|discharged|seen|born|started|stopped|ended|booked|scheduled|rescheduled|"
+                r"operated|delivered|induced|vaccinated|tested|released|moved|came\s+in|went\s+in|due)\s+"
+                r"(?:on\s+)?the\s+)"
+                r"(?P<v>(?:[12]?\d|3[01])(?:st|nd|rd|th))\b(?!\s+(?:time|day|week|dose|floor|grade|percentile))"
+            ),
+            "v",
+            gate=_cues("st", "nd", "rd", "th"),
+        ),
+        Rule("DATE", r(_HOLIDAYS), gate=_cues(*_HOLIDAY_WORDS)),
+        # a name in Chinese, Japanese or Korean script inside a Latin-script message ("赵建国"):
+        # two to four characters standing alone (a sentence in those scripts is not taken)
+        Rule(
+            "NAME",
+            r(
+                r"(?<![\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])"
+                r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]{2,4}"
+                r"(?![\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])"
+            ),
+            gate=lambda p: not p.text.isascii(),
+        ),
     ]
 
 
@@ -746,10 +982,16 @@ def check(kind: str | None, text: str) -> bool:
         return text.lower() not in STATE_SET and text.split()[0].lower() not in COMMON_CAPS
     if kind == "not_word":
         return text.split()[0].lower() not in COMMON_CAPS
+    if kind == "grouped_id":
+        digits = sum(c.isdigit() for c in text)
+        return digits >= 7 and not _ISO_DATE.fullmatch(text) and not _PHONE_GROUPS.fullmatch(text)
     if kind == "ctx:not_a_measure":
         return not _MEASURE_BEFORE.search(text)
     raise ValueError(kind)
 
+
+_ISO_DATE = re.compile(r"(?:19|20)\d\d-\d{1,2}-\d{1,2}")
+_PHONE_GROUPS = re.compile(r"\d{3}-\d{3}-\d{4}")
 
 # words before "is 95" that make the number a measurement, not an age ("her sugar is 95")
 _MEASURE_BEFORE = re.compile(

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from healthnav.datapipe.deid.clinical import ClinicalVocabulary, clinical_vocabulary
 from healthnav.datapipe.deid.prefilter import residual_prefilter, shared_prefilter
 from healthnav.datapipe.deid.rules import (
     AGE_AGGREGATE,
@@ -33,6 +34,7 @@ from healthnav.datapipe.deid.rules import (
     EPONYM_AFTER,
     PLACEHOLDER_RE,
     RESIDUAL_RULES,
+    STATE_SET,
     Probe,
     Rule,
     check,
@@ -85,10 +87,12 @@ class Deidentifier:
         self._prefilter = shared_prefilter() if prefilter else None
         self.ner = ner
         self._context: ContextDetector | None = None
+        self._vocabulary: ClinicalVocabulary | None = None
         if ner is not None:
             from healthnav.datapipe.deid.context import ContextDetector
 
             self._context = ContextDetector()
+            self._vocabulary = clinical_vocabulary()
 
     @classmethod
     def with_ner(cls, names: Iterable[str] = (), *, prefilter: bool = True) -> Deidentifier:
@@ -132,7 +136,7 @@ class Deidentifier:
         else:
             maybe_names = not self._first.isdisjoint(map(str.lower, CAP_WORD_RE.findall(text)))
         if self._extra or maybe_names:
-            spans.extend(self._gazetteer_names(text))
+            spans.extend(s for s in self._gazetteer_names(text) if not _allowed_place(text, s[0], s[1]))
         return spans
 
     def _gazetteer_names(self, text: str) -> Iterable[tuple[int, int, str]]:
@@ -165,8 +169,21 @@ class Deidentifier:
             return [[] for _ in texts]
         found = self.ner.find(texts)
         for text, spans in zip(texts, found, strict=True):
-            spans[:] = self._context.widen(text, spans + self._context.spans(text))
+            spans[:] = self._keep_clinical(text, self._context.widen(text, spans + self._context.spans(text)))
         return found
+
+    def _keep_clinical(self, text: str, spans: list[Span]) -> list[Span]:
+        """Model and context spans less clinical content ("Shingrix", "West Nile virus") and the
+        states and countries Safe Harbor allows where a place is meant ("travelled to Jordan")."""
+        vocab = self._vocabulary
+        assert vocab is not None and self._context is not None
+        regions = vocab.protected(text)
+        lex = self._context.lex
+        return [
+            s
+            for s in spans
+            if not vocab.keeps(text, s[0], s[1], lex, regions) and not _allowed_place(text, s[0], s[1])
+        ]
 
     # -- public API
 
@@ -235,6 +252,17 @@ class Deidentifier:
             if pattern.search(probe) and (name not in ("name cue", "date of birth") or pattern.search(text)):
                 reasons.append(name)
         return reasons
+
+
+# "in", "to", "from", "visited" before a state or a country: the place is meant, not a person
+_PLACE_BEFORE = re.compile(
+    r"(?i)\b(?:in|to|from|across|around|visit(?:ed|ing)?|travell?ed\s+to|trip\s+to|back\s+from)\s+(?:the\s+)?\Z"
+)
+
+
+def _allowed_place(text: str, start: int, end: int) -> bool:
+    value = text[start:end].lower().removeprefix("the ")
+    return value in STATE_SET and _PLACE_BEFORE.search(text, max(0, start - 30), start) is not None
 
 
 def _checked_text(rule: Rule, m: re.Match[str]) -> str:

@@ -38,6 +38,25 @@ def test_recall_on_labelled_set_and_clinical_content_survives(deid: Deidentifier
         ("DOB: 03/14/1961, SSN 123-45-6789", "DOB: [DATE], SSN [SSN]"),
         ("My grandmother is 94 years old", "My grandmother is 90 or older"),
         ("email jo.bloggs+x@mail.co.uk now", "email [EMAIL] now"),
+        # the shapes of structured identifiers people type beyond the textbook ones
+        ("ring me on 07700 900123 after six", "ring me on [PHONE] after six"),
+        ("or the flat, 0161 496 0719", "or the flat, [PHONE]"),
+        ("my cell is 555-0142 after 5", "my cell is [PHONE] after 5"),
+        ("Aetna member W 2290 4471 03 here", "Aetna member [HEALTH_PLAN] here"),
+        ("CDL 44 0918 2277 expires soon", "CDL [LICENSE] expires soon"),
+        ("user name ksmith1990 locked", "user name [ID] locked"),
+        ("chart ref 12-4409-871 at the old clinic", "chart ref [ID] at the old clinic"),
+        ("she is in bed 12, 4th floor", "she is in [LOCATION], 4th floor"),
+        ("we're in building D near the lifts", "we're in [LOCATION] near the lifts"),
+        ("stopped at exit 212 off interstate 80", "stopped at [LOCATION] off [LOCATION]"),
+        ("he lives at 5512 county road 9 alone", "he lives at [LOCATION] alone"),
+        ("we're at 2210-4 31st Ave now", "we're at [LOCATION] now"),
+        ("the house on Larkspur Ln is cold", "the house on [LOCATION] is cold"),
+        ("we live in 59801 and the clinic is far", "we live in [ZIP] and the clinic is far"),
+        ("readings on 3/2, 3/5 and 3/9", "readings on [DATE], [DATE] and [DATE]"),
+        ("admitted the 3rd and home since", "admitted the [DATE] and home since"),
+        ("it started on thanksgiving day", "it started on [DATE]"),
+        ("next friday the 9th is my scan", "[DATE] is my scan"),
     ],
 )
 def test_typed_placeholders(deid: Deidentifier, text: str, expected: str) -> None:
@@ -52,6 +71,16 @@ def test_clinical_text_is_untouched(deid: Deidentifier) -> None:
     result = deid.scrub(text)
     assert result.text == text and not result.counts
     assert deid.residual_risks(text) == []
+
+
+def test_numbers_and_words_near_identifier_shapes_are_kept(deid: Deidentifier) -> None:
+    """Dose ranges, heart block ratios, labour, durations and counts look like phones, units,
+    holidays, addresses or zip codes to a careless rule."""
+    text = (
+        "Paracetamol 500-1000 mg, 2nd degree heart block 2:1, in labour since 4am, it's a 2 hour drive, "
+        "20 minutes down the road, platelets from 15000 to 90000, ward round at 9, the 5th dose."
+    )
+    assert deid.scrub(text).text == text
 
 
 def test_known_identifiers_are_removed_wherever_repeated(deid: Deidentifier) -> None:

@@ -46,6 +46,30 @@ CASES = [
     ("Dr Nwachukwu-Bello said the Bell's palsy should improve", ["Nwachukwu-Bello"], ["Bell's palsy"]),
     ("Hope Abernathy-Quist called back about the cough", ["Hope", "Abernathy-Quist"], ["cough"]),
     ("I have an appointment on the 14th for my asthma", ["14th"], ["asthma"]),
+    # a name before the relation that says it is a person, a verb between relation and name, a
+    # contraction as the cue, a signature, a form label, a saint's name that is a place
+    ("Destiny (my niece) has a rash on both cheeks", ["Destiny"], ["rash on both cheeks"]),
+    ("Ember's mum here, she has had diarrhoea since lunch", ["Ember"], ["diarrhoea"]),
+    ("Wren, my son, is 4 and keeps pulling his ear", ["Wren"], ["pulling his ear"]),
+    ("my physio is Olumide Bankole and he said rest the knee", ["Olumide", "Bankole"], ["rest the knee"]),
+    ("it's Oksana again, the itching is no better", ["Oksana"], ["itching"]),
+    ("the inhaler helps a bit. thanks so much, Marisol", ["Marisol"], ["inhaler"]),
+    ("Employee: Bao-Tran Huynh\nFlu shot due", ["Bao-Tran", "Huynh"], ["Flu shot"]),
+    ("they moved her to St. Columba's for rehab after the stroke", ["Columba"], ["stroke"]),
+    ("she lives 2 hrs from Sioux Falls and the cough is worse", ["Sioux Falls"], ["cough"]),
+    ("my neighbour 金美玲 found her on the floor", ["金美玲"], ["on the floor"]),
+]
+
+# Clinical words the model tags as people or places, and states and countries where a place is
+# meant: kept (a span inside a clinical phrase, or made only of drug names, is not removed).
+CLINICAL = [
+    "Is Lyme disease common in Vermont? I found a tick yesterday",
+    "My Freestyle Libre 3 keeps losing signal at night",
+    "I came back from Ghana with a fever and took Malarone for the trip",
+    "Does Xarelto interact with Jardiance? I am on both",
+    "Is Marburg virus the same as Ebola? Worried after the news",
+    "He cant swallow and his voice is hoarse",
+    "My CPAP is a DreamStation, the mask leaks",
 ]
 
 
@@ -58,6 +82,11 @@ def test_names_places_and_ages_the_rules_never_saw_are_removed(
         assert value not in out, (value, out)
     for span in keep:
         assert span in out, (span, out)
+
+
+@pytest.mark.parametrize("text", CLINICAL, ids=[c[:30] for c in CLINICAL])
+def test_clinical_names_brands_and_allowed_places_survive(deid: Deidentifier, text: str) -> None:
+    assert deid.scrub(text).text == text
 
 
 def test_rules_alone_miss_what_the_ner_pass_catches(deid: Deidentifier) -> None:

@@ -33,7 +33,14 @@ from healthnav.operator.spec_types import (
     Toleration,
 )
 from healthnav.schema import CamelModel
-from healthnav.serving.config import VLLM_LORA_RANKS, AutoscalingSpec, EngineArgs
+from healthnav.serving.config import (
+    SPILLOVER_REASONS,
+    UPSTREAM_HTTPS_URL,
+    VLLM_LORA_RANKS,
+    AutoscalingSpec,
+    EngineArgs,
+    SpilloverReason,
+)
 from healthnav.serving.engines import ENGINES_DESCRIPTION, GPU_ENGINES, EngineName
 
 GROUP = "healthnav.io"
@@ -146,6 +153,61 @@ class SecretKeyRef(CamelModel):
     """Key holding comma-separated API keys."""
 
 
+class UpstreamKeyRef(CamelModel):
+    """The Secret key holding the upstream's API key (mounted as an environment variable into the
+    Ray pods; it never appears in the RayService's serve config, the status or a log)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    """Name of the Secret, in the ModelServe's namespace."""
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    """Key of the Secret whose value is the upstream's API key."""
+
+
+class UpstreamSpec(CamelModel):
+    """An OpenAI-compatible API (the paid API the app used before the fine-tune)."""
+
+    base_url: str = Field(
+        alias="baseURL",
+        max_length=2048,
+        pattern=UPSTREAM_HTTPS_URL,
+        json_schema_extra=validations(
+            cel(
+                "isURL(self) && url(self).getScheme() == 'https'",
+                "baseURL must be an https:// URL (the API key is sent to it)",
+            )
+        ),
+    )
+    """Base URL of the upstream's OpenAI API, https only (e.g. https://api.openai.com/v1)."""
+    model: str = Field(min_length=1, max_length=256, pattern=r"^\S+$")
+    """Upstream model name sent in place of the request's model (e.g. gpt-4o-mini)."""
+    api_key_secret_ref: UpstreamKeyRef
+    """Secret key holding the upstream's API key."""
+
+
+class SpilloverSpec(CamelModel):
+    """Forward requests to an OpenAI-compatible upstream when the local model cannot answer them,
+    and a share of them always: the migration path from the API to the fine-tune."""
+
+    upstream: UpstreamSpec
+    """Where spilled requests go."""
+    when: list[SpilloverReason] = Field(
+        default_factory=lambda: list(SPILLOVER_REASONS),
+        max_length=len(SPILLOVER_REASONS),
+        json_schema_extra=validations(x_kubernetes_list_type="set"),
+    )
+    """Reasons to forward: notReady (no engine ready to generate), saturated (admission would
+    answer 503). Both by default; [] forwards only the weighted share."""
+    weight: int = Field(default=0, ge=0, le=100)
+    """Percent (0-100) of requests sent upstream even when the local model is healthy: start at 100
+    and lower it as the fine-tune proves itself."""
+
+    @model_validator(mode="after")
+    def _distinct_reasons(self) -> SpilloverSpec:
+        if len(set(self.when)) != len(self.when):
+            raise ValueError("spillover.when must not repeat a reason")
+        return self
+
+
 _ENGINE_ARGS_RULES = validations(
     cel(
         # has(): the API server also checks rules against the schema default ({}), before the
@@ -219,6 +281,9 @@ class ModelServeSpec(CamelModel):
     by default the operator creates <name>-serve."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key with comma-separated API keys; without it the endpoint is unauthenticated."""
+    spillover: SpilloverSpec | None = None
+    """Forward to an OpenAI-compatible upstream while no replica is ready, when admission is full,
+    and for weight percent of requests; off when unset."""
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServeSpec:
@@ -366,4 +431,7 @@ __all__ = [
     "SecretKeyRef",
     "SecretRef",
     "ServeResources",
+    "SpilloverSpec",
+    "UpstreamKeyRef",
+    "UpstreamSpec",
 ]

@@ -42,7 +42,7 @@ from healthnav.operator.child_objects import (
 )
 from healthnav.operator.modelserve_spec import API_VERSION, KIND, MAX_NAME_LENGTH, ModelServeSpec
 from healthnav.operator.settings import OperatorSettings
-from healthnav.serving.config import IMPORT_PATH, SERVE_ENV, AdapterRef, ServeAppConfig
+from healthnav.serving.config import IMPORT_PATH, SERVE_ENV, AdapterRef, ServeAppConfig, SpilloverConfig
 
 RAY_API_VERSION = "ray.io/v1"
 RAY_SERVICE_KIND = "RayService"
@@ -55,6 +55,8 @@ MS_LABEL = "healthnav.io/modelserve"
 REVISION_ANNOTATION = "healthnav.io/serving-revision"
 DESIRED_HASH_ANNOTATION = "healthnav.io/desired-hash"
 API_KEYS_ENV = "HEALTHNAV_API_KEYS"
+SPILLOVER_KEY_ENV = "HEALTHNAV_SPILLOVER_API_KEY"
+"""Environment variable of the Ray pods holding the spillover upstream's API key (a secretKeyRef)."""
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
 
@@ -122,18 +124,43 @@ def serve_app_config(spec: ModelServeSpec, adapters: list[ResolvedAdapter]) -> S
         num_cpus_per_replica=1,
         api_keys_env=API_KEYS_ENV if spec.api_key_secret_ref else None,
         adapters_prefix=None,
+        spillover=spillover_config(spec),
+    )
+
+
+def spillover_config(spec: ModelServeSpec) -> SpilloverConfig | None:
+    """The server's spillover settings: the upstream's key by environment variable name only, so
+    the key itself stays in its Secret (the serve config is readable by anyone who can read the
+    RayService)."""
+    if spec.spillover is None:
+        return None
+    s = spec.spillover
+    return SpilloverConfig(
+        base_url=s.upstream.base_url,
+        model=s.upstream.model,
+        api_key_env=SPILLOVER_KEY_ENV,
+        when=list(s.when),
+        weight=s.weight,
     )
 
 
 def serve_config_v2(app: ServeAppConfig) -> str:
-    """The RayService's ``serveConfigV2`` (a YAML string, the Ray Serve config file format)."""
+    """The RayService's ``serveConfigV2`` (a YAML string, the Ray Serve config file format).
+
+    Without spillover the ``spillover`` key is left out rather than written as null, so a
+    ModelServe that does not use it keeps the serve config it had before the field existed (an
+    operator upgrade must not update every running application).
+    """
+    args = app.to_dict()
+    if app.spillover is None:
+        del args["spillover"]
     doc = {
         "applications": [
             {
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
-                "args": app.to_dict(),
+                "args": args,
             }
         ]
     }
@@ -170,6 +197,11 @@ def _env(
     if spec.api_key_secret_ref:
         ref = spec.api_key_secret_ref
         env.append({"name": API_KEYS_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if spec.spillover:
+        key = spec.spillover.upstream.api_key_secret_ref
+        env.append(
+            {"name": SPILLOVER_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": key.name, "key": key.key}}}
+        )
     return env
 
 

@@ -63,6 +63,7 @@ from healthnav.serving.errors import ERROR_RESPONSES, ApiError
 from healthnav.serving.messages import Completion, GenerateRequest, GenerationError
 from healthnav.serving.redflags import check_red_flags
 from healthnav.serving.replica import Replica
+from healthnav.serving.spillover import Reason, Spillover, spill_headers
 from healthnav.serving.sse import StreamFormat, sse_events
 
 log = logging.getLogger("healthnav.serving")
@@ -188,6 +189,8 @@ class LLMServer:
         self.created = int(time.time())
         api.state.api_keys = api_keys(self.cfg)
         api.state.max_body_bytes = self.cfg.limits.max_prompt_chars * 4 + BODY_OVERHEAD_BYTES
+        spill = self.cfg.spillover
+        self.spillover = Spillover(spill, self.metrics.spillover) if spill else None
 
     # -- called by another replica through a handle (and by the routes below, in-process) --
 
@@ -284,7 +287,7 @@ class LLMServer:
         sampling = oa.sampling_for(req, self.cfg.limits)
         ref = await self.replica.resolve(req.model)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await self._answer("chat", ref, _request(ref, prompt, sampling), req.stream, include_usage)
+        return await self._answer_or_spill("chat", ref, _request(ref, prompt, sampling), req, include_usage)
 
     @api.post(
         "/v1/completions",
@@ -297,8 +300,8 @@ class LLMServer:
         sampling = oa.sampling_for(req, self.cfg.limits)
         ref = await self.replica.resolve(req.model)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await self._answer(
-            "completion", ref, _request(ref, prompt, sampling), req.stream, include_usage
+        return await self._answer_or_spill(
+            "completion", ref, _request(ref, prompt, sampling), req, include_usage
         )
 
     @api.post(
@@ -328,9 +331,9 @@ class LLMServer:
         sampling = Sampling(max_tokens=max_tokens, temperature=0.0, regex=ASSESSMENT_PATTERN)
         generated: str | None = None
         truncated = False
+        spilled: Reason | None = None
         try:
-            out = await self.replica.complete(ref, _request(ref, prompt, sampling))
-            generated, truncated = out.text, out.finish_reason == "length"
+            generated, truncated, spilled = await self._assessment_text(ref, _request(ref, prompt, sampling))
         except ApiError as exc:
             # The model is overloaded or slow; an emergency must still be told to call for help.
             if not flags or exc.status < 500:
@@ -341,12 +344,48 @@ class LLMServer:
             build_assessment(
                 generated,
                 flags,
-                model=ref.name,
+                model=self.spillover.cfg.model if spilled and self.spillover else ref.name,
                 latency_ms=took * 1000,
                 language=red_flags.language,
                 truncated=truncated,
-            )
+            ),
+            headers=spill_headers(spilled) if spilled else None,
         )
+
+    # -- where a generation comes from: the local engine, or the spillover upstream --
+
+    async def _answer_or_spill(
+        self, route: str, ref: ModelRef, request: GenerateRequest, req: Any, include_usage: bool
+    ) -> Any:
+        """Answer locally unless spillover takes the request: by weight before trying, or instead
+        of a refusal its configuration lists (:mod:`healthnav.serving.spillover`)."""
+        spill = self.spillover
+        reason = spill.choose() if spill else None
+        if spill is None or reason is None:
+            try:
+                return await self._answer(route, ref, request, req.stream, include_usage)
+            except ApiError as exc:
+                if spill is None or (reason := spill.reason_for(exc)) is None:
+                    raise
+        return await spill.forward(route, req, req.stream, reason)
+
+    async def _assessment_text(
+        self, ref: ModelRef, request: GenerateRequest
+    ) -> tuple[str, bool, Reason | None]:
+        """(generated text, cut off by max_tokens, spillover reason or None) for an assessment, from
+        wherever it comes: the red-flag layer, parsing and disclaimer of the route apply alike to a
+        local and an upstream answer."""
+        spill = self.spillover
+        reason = spill.choose() if spill else None
+        if spill is None or reason is None:
+            try:
+                out = await self.replica.complete(ref, request)
+                return out.text, out.finish_reason == "length", None
+            except ApiError as exc:
+                if spill is None or (reason := spill.reason_for(exc)) is None:
+                    raise
+        text, truncated = await spill.complete_text(request.prompt, request.sampling.max_tokens, reason)
+        return text, truncated, reason
 
     # -- answering a generation: one JSON body, or a stream of server-sent events --
 

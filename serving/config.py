@@ -103,6 +103,46 @@ class LimitsSpec(CamelModel):
     request_timeout_seconds: float = Field(default=120, gt=0)
 
 
+SpilloverReason = Literal["notReady", "saturated"]
+"""When a request may go to the spillover upstream instead of the local model."""
+SPILLOVER_REASONS: tuple[SpilloverReason, ...] = ("notReady", "saturated")
+UPSTREAM_HTTPS_URL = r"^https://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[^\s?#]*)?$"
+"""An upstream base URL as a ModelServe may name it: https only, no query or fragment."""
+UPSTREAM_URL = r"^(https://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|http://(127\.0\.0\.1|localhost))(:[0-9]{1,5})?(/[^\s?#]*)?$"
+"""What the server itself accepts: https, or plain http to this host only (``hnav serve`` and the
+tests' stand-in upstream on 127.0.0.1; an API key never crosses a network unencrypted)."""
+
+
+class SpilloverConfig(CamelModel):
+    """An OpenAI-compatible upstream (the paid API the app used before) and when to forward to it.
+
+    Why: a replica that cannot answer (its engine not ready, or admission full) would otherwise
+    answer 503, and the app would wait on a cold or saturated model; and ``weight`` lets traffic
+    move from the API to the fine-tune gradually. The operator renders it from ModelServe
+    ``spec.spillover``; the key itself never appears here, only the environment variable that
+    holds it (a Secret's key mounted into the Ray pods).
+    """
+
+    base_url: str = Field(alias="baseURL", max_length=2048, pattern=UPSTREAM_URL)
+    """Base URL of the upstream's OpenAI API, e.g. https://api.openai.com/v1."""
+    model: str = Field(min_length=1, max_length=256, pattern=r"^\S+$")
+    """Model name sent upstream in place of the request's ``model``."""
+    api_key_env: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Environment variable holding the upstream's API key (sent as a Bearer token); None: no key."""
+    when: list[SpilloverReason] = Field(default_factory=lambda: list(SPILLOVER_REASONS), max_length=2)
+    """Reasons to forward: notReady (the engine cannot generate now), saturated (admission full)."""
+    weight: int = Field(default=0, ge=0, le=100)
+    """Percent of requests sent upstream even when the local model could answer them."""
+    timeout_seconds: float = Field(default=60, gt=0, le=600)
+    """How long an upstream answer may take (a stream: between bytes) before the client gets a 504."""
+
+    @model_validator(mode="after")
+    def _distinct_reasons(self) -> SpilloverConfig:
+        if len(set(self.when)) != len(self.when):
+            raise ValueError("spillover reasons must not repeat")
+        return self
+
+
 class ServeAppConfig(CamelModel):
     """Arguments of ``healthnav.serving.app:build_app``."""
 
@@ -132,6 +172,8 @@ class ServeAppConfig(CamelModel):
     """Local disk budget for downloaded adapters; least recently used are evicted first."""
     price_per_gpu_hour: float = Field(default=0.8, ge=0)
     """Used only to estimate cost per query in responses and metrics."""
+    spillover: SpilloverConfig | None = None
+    """Forward to an OpenAI-compatible upstream when this model cannot answer; None: never."""
 
     @model_validator(mode="after")
     def _unique_adapters(self) -> ServeAppConfig:

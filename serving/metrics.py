@@ -4,7 +4,8 @@
 agent (KubeRay exposes it on the ``metrics`` port; a PodMonitor scrapes it), aggregated across
 replicas and nodes, next to Ray Serve's own request and replica metrics. A per-process
 ``prometheus_client`` endpoint would only show one replica's share, so we do not add one.
-Labels never carry request content: model name, route, status class, red-flag rule.
+Labels never carry request content: model name, route, status class, red-flag rule, spillover
+reason.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class RequestMetrics:
             "healthnav_red_flags_total",
             description="Assessments escalated, by red-flag rule.",
             tag_keys=("rule",),
+        )
+        self.spillover = metrics.Counter(
+            "healthnav_spillover_requests_total",
+            description=(
+                "Requests forwarded to the spillover upstream, by reason: not_ready, saturated, weight."
+            ),
+            tag_keys=("reason",),
         )
 
     def request(self, route: str, model: str, status: int, seconds: float) -> None:

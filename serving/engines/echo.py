@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from healthnav.serving.config import ServeAppConfig
-from healthnav.serving.engine import Chunk, EngineRequestError, Sampling, check_context
+from healthnav.serving.engine import Chunk, EngineRequestError, EngineUnavailable, Sampling, check_context
 
 
 class EchoEngine:
@@ -20,12 +20,21 @@ class EchoEngine:
     replica process generated a request (adapter affinity). It refuses what it cannot fake
     (log-probabilities, a JSON ``response_format``) and ignores the assessment format's
     ``regex``: its words never parse, so an assessment gets the server's conservative fallback.
+    With ``unavailable`` every generation fails as a dead or still-loading engine does
+    (:class:`~healthnav.serving.engine.EngineUnavailable`), for tests of what the server then does.
     """
 
-    def __init__(self, config: ServeAppConfig, token_delay_s: float = 0.0, identify: bool = False) -> None:
+    def __init__(
+        self,
+        config: ServeAppConfig,
+        token_delay_s: float = 0.0,
+        identify: bool = False,
+        unavailable: bool = False,
+    ) -> None:
         self.max_model_len = config.engine_args.max_model_len
         self.token_delay_s = token_delay_s
         self.identify = identify
+        self.unavailable = unavailable
 
     async def add_adapter(self, name: str, path: Path) -> None:
         return None
@@ -37,6 +46,8 @@ class EchoEngine:
         self, prompt: str, sampling: Sampling, *, adapter: str | None, request_id: str
     ) -> AsyncIterator[Chunk]:
         prompt_tokens = len(prompt.split())
+        if self.unavailable:
+            raise EngineUnavailable("the echo engine is set up as unavailable (not loaded)")
         if sampling.logprobs is not None:
             raise EngineRequestError("the echo benchmark engine has no log-probabilities", param="logprobs")
         if sampling.json_schema is not None:

@@ -24,6 +24,25 @@ def valid_spec() -> dict[str, Any]:
     }
 
 
+def spillover(**changes: Any) -> dict[str, Any]:
+    """A valid spec.spillover block (the paid API as upstream), with ``changes`` applied."""
+    block: dict[str, Any] = {
+        "upstream": {
+            "baseURL": "https://api.openai.com/v1",
+            "model": "gpt-4o-mini",
+            "apiKeySecretRef": {"name": "openai", "key": "api-key"},
+        },
+        "when": ["notReady", "saturated"],
+        "weight": 100,
+    }
+    for key, value in changes.items():
+        if key in ("baseURL", "model", "apiKeySecretRef"):
+            block["upstream"][key] = value
+        else:
+            block[key] = value
+    return block
+
+
 def manifest(name: str, namespace: str = "default", spec: dict[str, Any] | None = None) -> dict[str, Any]:
     return custom_resource(API_VERSION, KIND, name, namespace, spec if spec is not None else valid_spec())
 
@@ -92,6 +111,39 @@ INVALID: list[Invalid] = [
         "adapter-named-like-base",
         set_path("spec.adapters", [{"name": "base", "uri": "s3://models/a/"}]),
         "spec.adapters",
+    ),
+    Invalid(
+        "spillover-http-url",
+        set_path("spec.spillover", spillover(baseURL="http://api.openai.com/v1")),
+        "spec.spillover.upstream.baseURL",
+    ),
+    Invalid(
+        "spillover-not-a-url",
+        set_path("spec.spillover", spillover(baseURL="https://exa mple.com/v1")),
+        "spec.spillover.upstream.baseURL",
+    ),
+    Invalid(
+        "spillover-weight-150", set_path("spec.spillover", spillover(weight=150)), "spec.spillover.weight"
+    ),
+    Invalid(
+        "spillover-unknown-reason",
+        set_path("spec.spillover", spillover(when=["notReady", "sometimes"])),
+        "spec.spillover.when[1]",
+    ),
+    Invalid(
+        "spillover-repeated-reason",
+        set_path("spec.spillover", spillover(when=["saturated", "saturated"])),
+        "spec.spillover.when[1]",
+    ),
+    Invalid(
+        "spillover-key-without-secret-key",
+        set_path("spec.spillover", spillover(apiKeySecretRef={"name": "openai"})),
+        "spec.spillover.upstream.apiKeySecretRef.key",
+    ),
+    Invalid(
+        "spillover-without-upstream",
+        set_path("spec.spillover", {"weight": 50}),
+        "spec.spillover.upstream",
     ),
     Invalid("bad-memory", set_path("spec.resources.memory", "lots"), "spec.resources.memory"),
     Invalid("unknown-field", set_path("spec.replicas", 3), "spec.replicas"),

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from kube_helpers import CRDS, apply_crd, wait_for
-from ms_helpers import INVALID, manifest, valid_spec
+from ms_helpers import INVALID, manifest, spillover, valid_spec
 from operator_proc import OperatorProcess
 
 from healthnav.devenv.kuberay import install_crds, uninstall_crds
@@ -207,6 +207,16 @@ def test_api_server_rejects_invalid_manifest_naming_the_field(kube: Kube, case: 
         )
     assert err.value.status in (400, 422), err.value  # 400: strict decoding (unknown field)
     assert case.field in err.value.body.get("message", ""), err.value.body.get("message")
+
+
+def test_api_server_accepts_spillover_and_fills_in_its_defaults(kube: Kube, ns: str) -> None:
+    spec = valid_spec()
+    spec["spillover"] = {"upstream": spillover()["upstream"]}
+    created = _create_ms(kube, ns, "spill", spec)
+    assert created["spec"]["spillover"]["when"] == ["notReady", "saturated"]
+    assert created["spec"]["spillover"]["weight"] == 0
+    parsed = ModelServeSpec.model_validate(created["spec"]).spillover
+    assert parsed is not None and parsed.upstream.base_url == "https://api.openai.com/v1"
 
 
 def test_rayservice_round_trips_through_kuberays_schema(kuberay: None, kube: Kube, ns: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ms_helpers import INVALID, manifest, valid_spec
+from ms_helpers import INVALID, manifest, spillover, valid_spec
 from pydantic import ValidationError
 
 from healthnav.contracts.probes import AdapterVerification
@@ -31,6 +31,7 @@ from healthnav.operator.modelserve_status import (
 from healthnav.operator.rayservice import (
     APP_NAME,
     REVISION_ANNOTATION,
+    SPILLOVER_KEY_ENV,
     ResolvedAdapter,
     adapters_in,
     ray_service,
@@ -212,6 +213,64 @@ def test_name_limit_and_own_service_account() -> None:
     }
     with pytest.raises(ValueError, match="47"):
         ray_service(_ms(name="a" * 48), ModelServeSpec.model_validate(valid_spec()), [], SETTINGS)
+
+
+def _serve_args(rs: dict[str, Any]) -> dict[str, Any]:
+    (app,) = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"]
+    return dict(app["args"])
+
+
+def _envs(rs: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [{e["name"]: e for e in p["template"]["spec"]["containers"][0]["env"]} for p in pods]
+
+
+def test_without_spillover_the_serve_config_and_pods_are_as_before() -> None:
+    rs = _build()
+    args = _serve_args(rs)
+    assert "spillover" not in args and "spillover" not in rs["spec"]["serveConfigV2"]
+    assert set(args) == {f.alias for n, f in ServeAppConfig.model_fields.items() if n != "spillover"}
+    assert all(SPILLOVER_KEY_ENV not in env for env in _envs(rs))
+
+
+def test_spillover_reaches_the_server_and_its_key_only_as_a_secret_key_ref() -> None:
+    spec = valid_spec()
+    spec["spillover"] = spillover(weight=40, when=["saturated"])
+    rs = _build(spec)
+    assert _serve_args(rs)["spillover"] == {
+        "baseURL": "https://api.openai.com/v1",
+        "model": "gpt-4o-mini",
+        "apiKeyEnv": SPILLOVER_KEY_ENV,
+        "when": ["saturated"],
+        "weight": 40,
+        "timeoutSeconds": 60.0,
+    }
+    ServeAppConfig.model_validate(_serve_args(rs))  # the server's own schema reads it
+    for env in _envs(rs):  # head (HTTP proxy) and workers (the replicas that forward)
+        assert env[SPILLOVER_KEY_ENV] == {
+            "name": SPILLOVER_KEY_ENV,
+            "valueFrom": {"secretKeyRef": {"name": "openai", "key": "api-key"}},
+        }
+    text = yaml.safe_dump(rs)
+    assert "apiKeySecretRef" not in text and "api-key" not in rs["spec"]["serveConfigV2"]
+
+
+def test_moving_the_spillover_weight_updates_the_application_in_place() -> None:
+    spec = valid_spec()
+    spec["spillover"] = spillover(weight=100)
+    before = _build(spec)
+    spec["spillover"] = spillover(weight=20)
+    after = _build(spec)
+    assert after["spec"]["rayClusterConfig"] == before["spec"]["rayClusterConfig"]
+    assert after["spec"]["serveConfigV2"] != before["spec"]["serveConfigV2"]
+
+
+def test_spillover_defaults_to_both_reasons_and_weight_zero() -> None:
+    spec = valid_spec()
+    spec["spillover"] = {"upstream": spillover()["upstream"]}
+    block = ModelServeSpec.model_validate(spec).spillover
+    assert block is not None and block.when == ["notReady", "saturated"] and block.weight == 0
 
 
 # --- adapter resolution -----------------------------------------------------------------------

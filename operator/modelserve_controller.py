@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
+from datetime import UTC, datetime
 from typing import Any
 
 from healthnav.operator import metrics
@@ -51,13 +52,19 @@ from healthnav.operator.rayservice import (
     ray_service,
     service_account,
     serving_revision,
+    spec_at,
 )
 from healthnav.operator.reconciler import Key, Reconciler, backoff, parse_spec_as
+from healthnav.operator.schedule import active_capacity
 from healthnav.operator.settings import OperatorSettings
 
 log = logging.getLogger("healthnav.operator.modelserve")
 NOT_SERVING_RECHECK_S = 15.0
 """How often a ModelServe that is not serving yet re-reads its head pods (one LIST each)."""
+
+
+def _sooner(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
 
 
 def parse_spec(body: Mapping[str, Any]) -> tuple[ModelServeSpec | None, str | None]:
@@ -92,6 +99,8 @@ class ModelServeController(Reconciler):
         if verifier is None and settings.verify_adapters:
             verifier = AdapterVerifier(settings.adapter_verification_timeout_seconds)
         self.verifier = verifier
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """Now, for autoscaling.schedule (tests set another clock)."""
         """None: adapters go Active once live, unverified (``verify_adapters`` off)."""
 
     def transition_events(self, old: ModelServeStatus, new: ModelServeStatus) -> list[StatusEvent]:
@@ -108,7 +117,12 @@ class ModelServeController(Reconciler):
         requeue: float | None = None
         resolutions = []
         view = RayServiceView()
+        capacity = None
         if spec is not None:
+            capacity = active_capacity(spec.autoscaling, self.clock())
+            spec = spec_at(spec, capacity)
+            if capacity.next_change_seconds is not None:  # wake at the next window boundary
+                requeue = capacity.next_change_seconds + 1.0
             jobs = sorted({a.from_fine_tune_job for a in spec.adapters if a.from_fine_tune_job})
             bodies = await asyncio.gather(
                 *(
@@ -122,18 +136,26 @@ class ModelServeController(Reconciler):
             view = await self._apply(ms, spec, ready)
             if not view.installed:
                 n = self.record_failure(key)
-                requeue = backoff(n) if n > 1 else 5.0
+                requeue = _sooner(requeue, backoff(n) if n > 1 else 5.0)
             elif view.body is not None and KubeRayView.of(view.body).app_state != RUNNING:
                 # Not serving yet: look at the head pods (KubeRay's status does not say when the
                 # head crash-loops) and look again soon, since pod changes do not wake us.
                 view.head_failure = head_pod_failure(await self._head_pods(namespace, key[1]))
-                requeue = NOT_SERVING_RECHECK_S
+                requeue = _sooner(requeue, NOT_SERVING_RECHECK_S)
         checks = None
         if spec is not None and self.verifier is not None:
             checks = await self._check_adapters(key, old_status, spec, view)
             if view.body is not None and set(adapters_to_verify(view.body)) - set(checks.results):
                 requeue = min(requeue or NOT_SERVING_RECHECK_S, NOT_SERVING_RECHECK_S)  # ask again soon
-        new_status = compute_status(ms, spec, spec_error, resolutions, view, checks=checks)
+        new_status = compute_status(
+            ms,
+            spec,
+            spec_error,
+            resolutions,
+            view,
+            checks=checks,
+            window=capacity.window if capacity else None,
+        )
         if new_status.differs_from(old_status):
             await self._write_status(key, ms, old_status, new_status)
         self.phases[key] = new_status.phase

@@ -22,6 +22,7 @@ from healthnav.contracts.probes import VerificationState
 from healthnav.contracts.uris import STORAGE_URI
 from healthnav.operator.conditions import Condition, ObservedStatus, conditions_field
 from healthnav.operator.crdgen import AGE_COLUMN, CRDSpec, PrinterColumn, cel, validations
+from healthnav.operator.schedule import ModelServeAutoscaling
 from healthnav.operator.spec_types import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -37,7 +38,6 @@ from healthnav.serving.config import (
     SPILLOVER_REASONS,
     UPSTREAM_HTTPS_URL,
     VLLM_LORA_RANKS,
-    AutoscalingSpec,
     EngineArgs,
     SpilloverReason,
 )
@@ -269,10 +269,11 @@ class ModelServeSpec(CamelModel):
     """Engine knobs (vLLM-specific ones are ignored by the transformers engine)."""
     resources: ServeResources = Field(default_factory=ServeResources)
     """GPU, CPU, memory and placement of each model replica."""
-    autoscaling: AutoscalingSpec = Field(
-        default_factory=AutoscalingSpec, json_schema_extra=_AUTOSCALING_RULES
+    autoscaling: ModelServeAutoscaling = Field(
+        default_factory=ModelServeAutoscaling, json_schema_extra=_AUTOSCALING_RULES
     )
-    """Ray Serve replica autoscaling; Ray's in-tree autoscaler adds and removes GPU pods to match."""
+    """Ray Serve replica autoscaling; Ray's in-tree autoscaler adds and removes GPU pods to match.
+    A schedule gives windows of the week their own bounds (applied in place, no new cluster)."""
     image: str | None = Field(default=None, min_length=1, max_length=512, pattern=r"^[^\s]+$")
     """Serving image (Ray + vLLM + healthnav); the operator's default when unset. Changing it rolls
     out a new Ray cluster."""
@@ -371,6 +372,8 @@ class ModelServeStatus(ObservedStatus):
     """Ray Serve application status and message per application."""
     serving_revision: str | None = None
     """Hash of what forces a new Ray cluster (base model, engine, engine args, image, resources)."""
+    schedule_window: str | None = None
+    """The autoscaling.schedule window in force (unset: the autoscaling defaults apply)."""
 
 
 MODELSERVE_CRD = CRDSpec(

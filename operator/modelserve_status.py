@@ -309,16 +309,18 @@ def compute_status(
     view: RayServiceView,
     now: str | None = None,
     checks: AdapterChecks | None = None,
+    window: str | None = None,
 ) -> ModelServeStatus:
     """The full ModelServe.status for what was observed (conditions merged with the old ones).
 
     ``checks`` None: the operator does not verify adapters, and a live adapter is Active.
+    ``window``: the autoscaling.schedule window in force (None: the defaults).
     """
     meta = ms["metadata"]
     generation = meta.get("generation")
     old = ModelServeStatus.from_status(ms.get("status"))
     conds = ConditionSet(old.conditions, generation=generation, now=now or now_rfc3339())
-    status = ModelServeStatus(observed_generation=generation)
+    status = ModelServeStatus(observed_generation=generation, schedule_window=window)
     if spec is None:
         conds.set(READY, "False", "InvalidSpec", spec_error or "invalid spec")
         return _finish(status, conds, "Failed", spec_error)

@@ -41,6 +41,7 @@ from healthnav.operator.child_objects import (
     recommended_labels,
 )
 from healthnav.operator.modelserve_spec import API_VERSION, KIND, MAX_NAME_LENGTH, ModelServeSpec
+from healthnav.operator.schedule import ActiveCapacity, ModelServeAutoscaling
 from healthnav.operator.settings import OperatorSettings
 from healthnav.serving.config import IMPORT_PATH, SERVE_ENV, AdapterRef, ServeAppConfig, SpilloverConfig
 
@@ -106,6 +107,15 @@ def image(spec: ModelServeSpec, settings: OperatorSettings) -> str:
     return spec.image or settings.serving_image
 
 
+def spec_at(spec: ModelServeSpec, capacity: ActiveCapacity) -> ModelServeSpec:
+    """``spec`` with the replica bounds in force now (:mod:`healthnav.operator.schedule`): what the
+    builders below render, so the Serve config and the worker group follow the schedule."""
+    if spec.autoscaling.schedule is None:
+        return spec
+    bounds = ModelServeAutoscaling.model_validate(capacity.autoscaling.model_dump())
+    return spec.model_copy(update={"autoscaling": bounds})
+
+
 def serve_app_config(spec: ModelServeSpec, adapters: list[ResolvedAdapter]) -> ServeAppConfig:
     """The serving application's arguments: the server's own schema, nothing re-invented.
 
@@ -118,7 +128,7 @@ def serve_app_config(spec: ModelServeSpec, adapters: list[ResolvedAdapter]) -> S
         engine=spec.engine,
         engine_args=spec.engine_args,
         adapters=[AdapterRef(name=a.name, uri=a.uri) for a in adapters],
-        autoscaling=spec.autoscaling,
+        autoscaling=spec.autoscaling.for_serving(),
         num_gpus_per_replica=spec.resources.gpus_per_replica,
         # ≥ 1 CPU keeps model replicas off the head, which advertises num-cpus 0.
         num_cpus_per_replica=1,

@@ -43,6 +43,20 @@ def spillover(**changes: Any) -> dict[str, Any]:
     return block
 
 
+def schedule(**window_changes: Any) -> dict[str, Any]:
+    """A valid spec.autoscaling.schedule (clinic hours, New York), its window changed as given."""
+    window = {
+        "name": "clinic-hours",
+        "days": ["Mon", "Tue", "Wed", "Thu", "Fri"],
+        "start": "07:30",
+        "end": "19:00",
+        "minReplicas": 1,
+        "maxReplicas": 4,
+    }
+    window.update(window_changes)
+    return {"timeZone": "America/New_York", "windows": [window]}
+
+
 def manifest(name: str, namespace: str = "default", spec: dict[str, Any] | None = None) -> dict[str, Any]:
     return custom_resource(API_VERSION, KIND, name, namespace, spec if spec is not None else valid_spec())
 
@@ -144,6 +158,46 @@ INVALID: list[Invalid] = [
         "spillover-without-upstream",
         set_path("spec.spillover", {"weight": 50}),
         "spec.spillover.upstream",
+    ),
+    Invalid(
+        "window-min-above-max",
+        set_path("spec.autoscaling.schedule", schedule(minReplicas=5, maxReplicas=2)),
+        "spec.autoscaling.schedule.windows[0].minReplicas",
+    ),
+    Invalid(
+        "window-start-equals-end",
+        set_path("spec.autoscaling.schedule", schedule(start="09:00", end="09:00")),
+        "spec.autoscaling.schedule.windows[0].end",
+    ),
+    Invalid(
+        "window-hour-25",
+        set_path("spec.autoscaling.schedule", schedule(start="25:00")),
+        "spec.autoscaling.schedule.windows[0].start",
+    ),
+    Invalid(
+        "window-unknown-day",
+        set_path("spec.autoscaling.schedule", schedule(days=["Mon", "Funday"])),
+        "spec.autoscaling.schedule.windows[0].days[1]",
+    ),
+    Invalid(
+        "window-repeated-day",
+        set_path("spec.autoscaling.schedule", schedule(days=["Mon", "Mon"])),
+        "spec.autoscaling.schedule.windows[0].days[1]",
+    ),
+    Invalid(
+        "schedule-time-zone-with-space",
+        set_path("spec.autoscaling.schedule", {**schedule(), "timeZone": "New York"}),
+        "spec.autoscaling.schedule.timeZone",
+    ),
+    Invalid(
+        "schedule-without-windows",
+        set_path("spec.autoscaling.schedule", {"timeZone": "UTC", "windows": []}),
+        "spec.autoscaling.schedule.windows",
+    ),
+    Invalid(
+        "schedule-repeated-window-name",
+        set_path("spec.autoscaling.schedule", {"windows": schedule()["windows"] * 2}),
+        "spec.autoscaling.schedule.windows",
     ),
     Invalid("bad-memory", set_path("spec.resources.memory", "lots"), "spec.resources.memory"),
     Invalid("unknown-field", set_path("spec.replicas", 3), "spec.replicas"),

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 from kube_helpers import CRDS, apply_crd, wait_for
-from ms_helpers import INVALID, manifest, spillover, valid_spec
+from ms_helpers import INVALID, manifest, schedule, spillover, valid_spec
 from operator_proc import OperatorProcess
 
 from healthnav.devenv.kuberay import install_crds, uninstall_crds
@@ -245,6 +248,38 @@ def test_rayservice_round_trips_through_kuberays_schema(kuberay: None, kube: Kub
     )
     assert ms["status"]["endpoint"] == f"http://triage-serve-svc.{ns}.svc:8000"
     assert _cond(ms, "Ready")["status"] == "False"
+
+
+def test_the_schedule_moves_replica_bounds_in_place_and_wakes_at_the_next_boundary(
+    kuberay: None, kube: Kube, ns: str
+) -> None:
+    spec = valid_spec()
+    spec["autoscaling"] = {"minReplicas": 0, "maxReplicas": 2, "schedule": schedule()}
+    _create_ms(kube, ns, "triage", spec)
+    controller = ModelServeController(kube, SETTINGS)
+    ny = ZoneInfo("America/New_York")
+
+    def serve_bounds() -> tuple[tuple[int, int], str | None, str]:
+        rs = kube.get("ray.io/v1", "rayservices", ns, "triage")
+        a = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["autoscaling"]
+        return (
+            (a["minReplicas"], a["maxReplicas"]),
+            _ms(kube, ns, "triage")["status"].get("scheduleWindow"),
+            rs["metadata"]["uid"],
+        )
+
+    controller.clock = lambda: datetime(2026, 12, 7, 18, 0, tzinfo=ny)  # Monday, clinic open
+    _reconcile(controller, ns, "triage")
+    _kuberay_status(kube, ns, "triage")  # serving: only the schedule asks to come back
+    requeue = _reconcile(controller, ns, "triage")
+    bounds, window, uid = serve_bounds()
+    assert bounds == (1, 4) and window == "clinic-hours"
+    assert requeue is not None and 3600 <= requeue <= 3600 + 2  # closes at 19:00
+    controller.clock = lambda: datetime(2026, 12, 7, 19, 0, 1, tzinfo=ny)
+    requeue = _reconcile(controller, ns, "triage")
+    bounds, window, same_uid = serve_bounds()
+    assert bounds == (0, 2) and window is None and same_uid == uid  # updated in place
+    assert requeue is not None and abs(requeue - (12.5 * 3600 - 1)) < 3  # Tuesday 07:30
 
 
 def test_finetunejob_success_rolls_adapter_out_in_place_and_status_follows_kuberay(

@@ -25,6 +25,13 @@ Model (all per month):
   replicas above it during business hours, times GPUs per replica times the GPU price; plus the
   Ray head pod (CPU) all month;
 * API cost: ``N * (tokens_in * api_in_price + tokens_out * api_out_price) / 1e6``;
+* business-hours-only (``always_on=False``): the ModelServe gets an ``autoscaling.schedule``
+  window for the business hours and ``minReplicas: 0`` outside them; the ``off_hours_share`` of
+  assessments that arrive outside is answered by the spillover upstream (the paid API) at API
+  price, so ``spillover_cost = off_hours_share * N * api_per_query`` and only the rest is served
+  by the GPUs;
+* spot: GPU-hours cost ``price * (1 - spot_discount)``; the head pod stays on demand (it holds
+  the Serve controller), and a preempted worker's requests spill over like a cold one's;
 * break-even: the smallest N at which the self-hosted cost is no higher than the API's.
 """
 
@@ -101,6 +108,12 @@ class PlanInputs:
     costs nothing unless the autoscaler uses it."""
     head_price_per_hour: float = 0.10
     """USD per hour of the Ray head pod (2 vCPU, 8 GiB, no GPU)."""
+    spot_discount: float = 0.0
+    """Fraction off the GPU price on spot/preemptible nodes (0: on demand). Spot GPUs on GKE and
+    EKS are typically 60-70% below on-demand list prices; check your region and GPU type."""
+    off_hours_share: float = 0.0
+    """With ``always_on=False``: the share of assessments that arrive outside business hours and
+    are answered by the spillover upstream at API price (0: all traffic is in business hours)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -118,6 +131,8 @@ class PlanInputs:
             "gpu.stream_tps": self.gpu.stream_tps > 0,
             "api_price_in_per_m": self.api_price_in_per_m >= 0,
             "api_price_out_per_m": self.api_price_out_per_m >= 0,
+            "spot_discount": 0 <= self.spot_discount < 1,
+            "off_hours_share": 0 <= self.off_hours_share < 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -141,6 +156,8 @@ class Plan:
     cost_per_query: float
     api_cost_per_query: float
     api_monthly_cost: float
+    spillover_monthly_cost: float
+    """API cost of the off-hours assessments the spillover upstream answers (in monthly_cost)."""
     break_even_assessments: int | None
     """Smallest monthly volume at which self-hosting costs no more than the API (None: never)."""
 
@@ -172,16 +189,26 @@ def api_cost_per_query(i: PlanInputs) -> float:
     return (i.tokens_in * i.api_price_in_per_m + i.tokens_out * i.api_price_out_per_m) / 1e6
 
 
+def spilled_share(i: PlanInputs) -> float:
+    """Share of assessments the upstream answers: the off-hours ones when the GPUs sleep at night."""
+    return 0.0 if i.always_on else i.off_hours_share
+
+
+def gpu_price(i: PlanInputs) -> float:
+    """USD per GPU-hour actually paid (spot discount applied)."""
+    return i.gpu.price_per_hour * (1 - i.spot_discount)
+
+
 def _monthly_cost(i: PlanInputs, min_replicas: int, busy_replicas: int) -> tuple[float, float]:
     """(replica-hours * GPUs per replica = GPU-hours, USD) for one month."""
     busy_hours = i.business_hours_per_day * i.business_days_per_month
     replica_hours = min_replicas * i.hours_per_month + max(0, busy_replicas - min_replicas) * busy_hours
     gpu_hours = replica_hours * i.gpu.gpus_per_replica
-    return gpu_hours, gpu_hours * i.gpu.price_per_hour + i.head_price_per_hour * i.hours_per_month
+    return gpu_hours, gpu_hours * gpu_price(i) + i.head_price_per_hour * i.hours_per_month
 
 
 def _busy_replicas(i: PlanInputs, n: int, min_replicas: int) -> int:
-    avg = n / _busy_seconds(i)
+    avg = n * (1 - spilled_share(i)) / _busy_seconds(i)
     need = math.ceil(avg / capacity_rps(i) - 1e-9) if n else 0
     return max(min_replicas, need, 1 if n else 0)
 
@@ -193,14 +220,15 @@ def break_even(i: PlanInputs) -> int | None:
     (N_{k-1}, N_k]; the API cost is linear, so the first N in that interval where it reaches C_k
     is max(N_{k-1} + 1, ceil(C_k / api_per_query)).
     """
-    per_query = api_cost_per_query(i)
+    # Only the locally served share saves API money: self(N) = C_k + s*a*N <= a*N.
+    per_query = api_cost_per_query(i) * (1 - spilled_share(i))
     if per_query <= 0:
         return None
     min_replicas = 1 if i.always_on else 0
-    per_replica_month = capacity_rps(i) * _busy_seconds(i)
+    per_replica_month = capacity_rps(i) * _busy_seconds(i) / (1 - spilled_share(i))
     # One more busy replica costs this much a month, and carries volume the API would charge this for:
     marginal_cost = (
-        i.gpu.price_per_hour * i.gpu.gpus_per_replica * i.business_hours_per_day * i.business_days_per_month
+        gpu_price(i) * i.gpu.gpus_per_replica * i.business_hours_per_day * i.business_days_per_month
     )
     marginal_api = per_replica_month * per_query
     previous_top = 0
@@ -218,7 +246,7 @@ def break_even(i: PlanInputs) -> int | None:
 
 def plan(i: PlanInputs) -> Plan:
     busy_s = _busy_seconds(i)
-    avg_rps = i.assessments_per_month / busy_s
+    avg_rps = i.assessments_per_month * (1 - spilled_share(i)) / busy_s  # what the GPUs answer
     peak_rps = avg_rps * i.peak_factor
     cap = capacity_rps(i)
     min_replicas = 1 if i.always_on else 0
@@ -230,6 +258,8 @@ def plan(i: PlanInputs) -> Plan:
     gpu_hours, cost = _monthly_cost(i, min_replicas, busy)
     api_q = api_cost_per_query(i)
     n = i.assessments_per_month
+    spill = spilled_share(i) * n * api_q
+    cost += spill
     return Plan(
         inputs=i,
         avg_rps=avg_rps,
@@ -246,6 +276,7 @@ def plan(i: PlanInputs) -> Plan:
         cost_per_query=cost / n if n else math.inf,
         api_cost_per_query=api_q,
         api_monthly_cost=api_q * n,
+        spillover_monthly_cost=spill,
         break_even_assessments=break_even(i),
     )
 
@@ -254,15 +285,42 @@ def scenarios(base: PlanInputs, volumes: tuple[int, ...] = ROADMAP_SCENARIOS) ->
     return [plan(replace(base, assessments_per_month=v)) for v in volumes]
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """The paid API a business-hours-only plan spills off-hours assessments to."""
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str = "gpt-4o-mini"
+    secret_name: str = "llm-api"
+    secret_key: str = "api-key"
+
+
+def business_window(i: PlanInputs, start: str = "08:00") -> dict[str, Any]:
+    """The schedule window of the business hours: weekdays (every day above 23 days a month)."""
+    hours, minutes = (int(x) for x in start.split(":"))
+    end_minutes = min(24 * 60, hours * 60 + minutes + round(i.business_hours_per_day * 60))
+    end = "24:00" if end_minutes == 24 * 60 else f"{end_minutes // 60:02d}:{end_minutes % 60:02d}"
+    days = ["Mon", "Tue", "Wed", "Thu", "Fri"] if i.business_days_per_month <= 23 else None
+    return {"name": "business-hours", **({"days": days} if days else {}), "start": start, "end": end}
+
+
 def manifest(
     p: Plan,
     name: str = "triage",
     namespace: str | None = None,
     base_model: str = "s3://models/biomistral-7b/",
     adapters: list[dict[str, Any]] | None = None,
+    *,
+    time_zone: str = "UTC",
+    business_start: str = "08:00",
+    upstream: Upstream | None = None,
 ) -> dict[str, Any]:
-    """A ModelServe sized by the plan, validated by the CRD's own pydantic model."""
-    spec = {
+    """A ModelServe sized by the plan, validated by the CRD's own pydantic model.
+
+    A business-hours-only plan gets a schedule (its replicas in the business window, zero
+    outside) and, when some traffic arrives off hours, a spillover block naming ``upstream``.
+    """
+    spec: dict[str, Any] = {
         "baseModel": {"uri": base_model},
         "adapters": adapters or [],
         "engine": "vllm",
@@ -275,6 +333,20 @@ def manifest(
             "downscaleDelaySeconds": 600,
         },
     }
+    i = p.inputs
+    if not i.always_on:
+        window = {**business_window(i, business_start), "minReplicas": 1, "maxReplicas": p.max_replicas}
+        spec["autoscaling"]["schedule"] = {"timeZone": time_zone, "windows": [window]}
+    if spilled_share(i) > 0:
+        up = upstream or Upstream()
+        spec["spillover"] = {
+            "upstream": {
+                "baseURL": up.base_url,
+                "model": up.model,
+                "apiKeySecretRef": {"name": up.secret_name, "key": up.secret_key},
+            },
+            "when": ["notReady", "saturated"],
+        }
     ModelServeSpec.model_validate(spec)
     metadata: dict[str, Any] = {"name": name}
     if namespace:

@@ -51,8 +51,33 @@ def plan_command(
         float, typer.Option(min=0.05, max=1.0, help="Share of replica throughput to plan for.")
     ] = 0.6,
     business_hours_only: Annotated[
-        bool, typer.Option(help="Scale to zero outside business hours (cold starts take minutes).")
+        bool,
+        typer.Option(
+            help="Replicas only in the business-hours window (autoscaling.schedule), zero outside; "
+            "off-hours assessments go to the spillover upstream."
+        ),
     ] = False,
+    off_hours_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.99, help="With --business-hours-only: share of assessments outside business hours."
+        ),
+    ] = 0.0,
+    spot_discount: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.95, help="Fraction off the GPU price on spot nodes (0: on demand)."),
+    ] = 0.0,
+    time_zone: Annotated[str, typer.Option(help="Time zone of the business-hours window.")] = "UTC",
+    business_start: Annotated[
+        str, typer.Option(help="Local start of the business-hours window, HH:MM.")
+    ] = "08:00",
+    upstream_base_url: Annotated[
+        str, typer.Option(help="Spillover upstream (the paid API) for off-hours assessments.")
+    ] = "https://api.openai.com/v1",
+    upstream_model: Annotated[str, typer.Option(help="The upstream's model name.")] = "gpt-4o-mini",
+    upstream_secret: Annotated[
+        str, typer.Option(help="Secret NAME:KEY holding the upstream's API key.")
+    ] = "llm-api:api-key",
     head_price_per_hour: Annotated[
         float, typer.Option(min=0.0, help="USD per hour of the Ray head pod.")
     ] = 0.10,
@@ -104,15 +129,35 @@ def plan_command(
             target_utilization=target_utilization,
             always_on=not business_hours_only,
             head_price_per_hour=head_price_per_hour,
+            spot_discount=spot_discount,
+            off_hours_share=off_hours_share,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    secret_name, _, secret_key = upstream_secret.partition(":")
+    if not secret_name or not secret_key:
+        raise typer.BadParameter("NAME:KEY, e.g. llm-api:api-key", param_hint="--upstream-secret")
+    upstream = planner.Upstream(upstream_base_url, upstream_model, secret_name, secret_key)
 
     table_plans = planner.scenarios(base)
     chosen = planner.plan(base) if assessments_per_month else None
     if chosen and assessments_per_month not in planner.ROADMAP_SCENARIOS:
         table_plans = sorted([*table_plans, chosen], key=lambda p: p.inputs.assessments_per_month)
-    doc = planner.manifest(chosen, name=name, base_model=base_model) if chosen else None
+    try:
+        doc = (
+            planner.manifest(
+                chosen,
+                name=name,
+                base_model=base_model,
+                time_zone=time_zone,
+                business_start=business_start,
+                upstream=upstream,
+            )
+            if chosen
+            else None
+        )
+    except ValueError as exc:  # the CRD's own model refused a value (time zone, start, URL)
+        raise typer.BadParameter(str(exc)) from exc
 
     if as_json:
         out = {"scenarios": [p.to_dict() for p in table_plans]}
@@ -126,7 +171,8 @@ def plan_command(
 
     console = Console(width=max(Console().width, 110))  # a piped table stays readable
     table = Table(
-        title=f"ModelServe sizing on {profile.gpu_type} (${profile.price_per_hour:.2f}/GPU-h) vs API "
+        title=f"ModelServe sizing on {profile.gpu_type} (${planner.gpu_price(base):.2f}/GPU-h"
+        f"{', spot' if spot_discount else ''}) vs API "
         f"(${api_price_in:g}/${api_price_out:g} per M tokens in/out)"
     )
     # Short headers: the table must fit an 80-column terminal.
@@ -156,6 +202,11 @@ def plan_command(
         )
     console.print(table)
     console.print("replicas = min/busy/max: always on / average in business hours / autoscaling ceiling")
+    if chosen and chosen.spillover_monthly_cost:
+        console.print(
+            f"$/month includes ${chosen.spillover_monthly_cost:,.0f} of API spillover for the "
+            f"{off_hours_share:.0%} of assessments outside business hours."
+        )
     be = table_plans[0].break_even_assessments
     console.print(
         f"Break-even against the API: {be:,} assessments/month"

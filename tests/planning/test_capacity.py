@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,47 @@ def test_plan_cli_prints_roadmap_table_and_manifest(tmp_path: Path) -> None:
     assert doc["kind"] == "ModelServe" and doc["spec"]["autoscaling"]["maxReplicas"] == 2
     bad = CliRunner().invoke(app, ["plan", "--gpu-type", "tpu-v5"])
     assert bad.exit_code != 0 and "--gpu-type" in bad.output
+
+
+def test_business_hours_on_spot_with_off_hours_spillover_by_hand() -> None:
+    """The issue-20 plan: GPUs only in business hours, on spot, off-hours traffic to the API."""
+    i = planner.PlanInputs(
+        assessments_per_month=100_000, always_on=False, spot_discount=0.65, off_hours_share=0.05
+    )
+    p = planner.plan(i)
+    gpu = 12 * 22 * 0.80 * (1 - 0.65)  # one replica for the 264 business hours at the spot price
+    head = 730 * 0.10
+    spill = 0.05 * 100_000 * 0.011  # off-hours assessments answered by the API
+    assert (p.min_replicas, p.busy_replicas) == (0, 1)
+    assert p.spillover_monthly_cost == pytest.approx(spill)
+    assert p.monthly_cost == pytest.approx(gpu + head + spill)  # $201.9
+    assert p.cost_per_query == pytest.approx((gpu + head + spill) / 100_000)
+    # break-even: C / (api per query * share served locally)
+    assert p.break_even_assessments == math.ceil((gpu + head) / (0.011 * 0.95) - 1e-9)
+
+
+def test_off_hours_share_is_ignored_when_a_replica_stays_warm() -> None:
+    warm = planner.plan(planner.PlanInputs(assessments_per_month=100_000, off_hours_share=0.3))
+    assert warm.spillover_monthly_cost == 0 and warm.monthly_cost == pytest.approx(657)
+
+
+def test_a_business_hours_manifest_carries_the_schedule_and_the_spillover() -> None:
+    i = planner.PlanInputs(assessments_per_month=100_000, always_on=False, off_hours_share=0.1)
+    doc = planner.manifest(planner.plan(i), time_zone="Europe/London", business_start="07:00")
+    spec = ModelServeSpec.model_validate(doc["spec"])  # the CRD's own model accepts it
+    schedule = spec.autoscaling.schedule
+    assert spec.autoscaling.min_replicas == 0 and schedule is not None
+    assert schedule.time_zone == "Europe/London"
+    (window,) = schedule.windows
+    assert (window.start, window.end, window.min_replicas) == ("07:00", "19:00", 1)
+    assert window.days == ["Mon", "Tue", "Wed", "Thu", "Fri"]
+    assert spec.spillover is not None and spec.spillover.upstream.api_key_secret_ref.name == "llm-api"
+    always = planner.manifest(planner.plan(planner.PlanInputs(assessments_per_month=100_000)))
+    assert "schedule" not in always["spec"]["autoscaling"] and "spillover" not in always["spec"]
+
+
+def test_invalid_plan_inputs_name_the_field() -> None:
+    with pytest.raises(ValueError, match="spot_discount"):
+        planner.PlanInputs(assessments_per_month=1, spot_discount=1.5)
+    with pytest.raises(ValueError, match="off_hours_share"):
+        planner.PlanInputs(assessments_per_month=1, off_hours_share=-0.1)

@@ -114,6 +114,13 @@ class PlanInputs:
     off_hours_share: float = 0.0
     """With ``always_on=False``: the share of assessments that arrive outside business hours and
     are answered by the spillover upstream at API price (0: all traffic is in business hours)."""
+    cold_start_seconds: float = 180.0
+    """Zero replicas to the first token for a 7B model on a fresh GPU node (pod start, image,
+    model download, engine load). Measure yours; bench/real_node.py measures the local path."""
+    downscale_delay_seconds: float = 600.0
+    """How long an idle replica stays before scaling to zero (autoscaling.downscaleDelaySeconds)."""
+    spot_option_discount: float = 0.65
+    """The discount the "scheduled+spot" option assumes (spot GPUs: typically 60-70% off)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -133,6 +140,9 @@ class PlanInputs:
             "api_price_out_per_m": self.api_price_out_per_m >= 0,
             "spot_discount": 0 <= self.spot_discount < 1,
             "off_hours_share": 0 <= self.off_hours_share < 1,
+            "cold_start_seconds": self.cold_start_seconds >= 0,
+            "downscale_delay_seconds": self.downscale_delay_seconds >= 0,
+            "spot_option_discount": 0 <= self.spot_option_discount < 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -283,6 +293,84 @@ def plan(i: PlanInputs) -> Plan:
 
 def scenarios(base: PlanInputs, volumes: tuple[int, ...] = ROADMAP_SCENARIOS) -> list[Plan]:
     return [plan(replace(base, assessments_per_month=v)) for v in volumes]
+
+
+@dataclass(frozen=True)
+class PlanOption:
+    """One way to run the same volume, priced: what ``hnav plan`` compares."""
+
+    name: str
+    monthly_cost: float
+    gpu_hours: float
+    spill_share: float
+    """Share of assessments the spillover upstream answers (at API price, inside monthly_cost)."""
+    assessments_per_month: int
+
+    @property
+    def cost_per_assessment(self) -> float:
+        return self.monthly_cost / self.assessments_per_month if self.assessments_per_month else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "assessmentsPerMonth": self.assessments_per_month,
+            "monthlyCostUsd": round(self.monthly_cost, 2),
+            "costPerAssessmentUsd": round(self.cost_per_assessment, 6),
+            "gpuHours": round(self.gpu_hours, 1),
+            "spillShare": round(self.spill_share, 4),
+        }
+
+
+def _from_plan(name: str, p: Plan) -> PlanOption:
+    n = p.inputs.assessments_per_month
+    return PlanOption(name, p.monthly_cost, p.gpu_hours, spilled_share(p.inputs) if n else 0.0, n)
+
+
+def scale_to_zero(i: PlanInputs) -> PlanOption:
+    """Business hours as scheduled; off hours a replica wakes for traffic instead of sleeping.
+
+    Off-hours arrivals are taken as Poisson at ``lam = N * off_hours_share / off_hours_s``. An
+    arrival after a gap longer than the downscale delay finds zero replicas: it wakes one, and
+    it and the arrivals during the cold start (``lam * cold_start``) go upstream. A replica is
+    billed except in the part of each gap beyond the delay, plus every cold start. Business
+    hours see arrivals far more often than the delay, so a replica is up there.
+    """
+    sched = plan(replace(i, always_on=False))
+    n = i.assessments_per_month
+    n_off = n * i.off_hours_share
+    off_s = max(1.0, i.hours_per_month * 3600 - _busy_seconds(i))
+    lam = n_off / off_s
+    wakes = n_off * math.exp(-lam * i.downscale_delay_seconds)
+    spilled = min(n_off, wakes * (1 + lam * i.cold_start_seconds))
+    # up except in the part of each gap beyond the delay: E[(gap - D)+] = exp(-lam D) / lam per
+    # gap, n_off gaps, so down for off_s * exp(-lam D); a cold start is billed too
+    replica_s = min(
+        off_s, off_s * (1 - math.exp(-lam * i.downscale_delay_seconds)) + wakes * i.cold_start_seconds
+    )
+    gpu_off = replica_s / 3600 * i.gpu.gpus_per_replica
+    gpu_hours = sched.gpu_hours + gpu_off
+    cost = (
+        sched.monthly_cost
+        - sched.spillover_monthly_cost
+        + gpu_off * gpu_price(i)
+        + spilled * api_cost_per_query(i)
+    )
+    return PlanOption("scale-to-zero+spillover", cost, gpu_hours, spilled / n if n else 0.0, n)
+
+
+def options(i: PlanInputs) -> list[PlanOption]:
+    """Always-on, scheduled (off-hours traffic spills), scale-to-zero with spillover, and the
+    scheduled option on spot GPUs, for the same volume and prices."""
+    on_demand = replace(i, spot_discount=0.0)
+    return [
+        _from_plan("always-on", plan(replace(on_demand, always_on=True))),
+        _from_plan("scheduled+spillover", plan(replace(on_demand, always_on=False))),
+        scale_to_zero(on_demand),
+        _from_plan(
+            "scheduled+spillover+spot",
+            plan(replace(on_demand, always_on=False, spot_discount=i.spot_option_discount)),
+        ),
+    ]
 
 
 @dataclass(frozen=True)

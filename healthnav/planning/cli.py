@@ -60,9 +60,15 @@ def plan_command(
     off_hours_share: Annotated[
         float,
         typer.Option(
-            min=0.0, max=0.99, help="With --business-hours-only: share of assessments outside business hours."
+            min=0.0,
+            max=0.99,
+            help="Share of assessments outside business hours (answered by the spillover upstream "
+            "when the GPUs sleep).",
         ),
-    ] = 0.0,
+    ] = 0.05,
+    cold_start_seconds: Annotated[
+        float, typer.Option(min=0.0, help="Zero replicas to first token on a fresh GPU node (7B).")
+    ] = 180.0,
     spot_discount: Annotated[
         float,
         typer.Option(min=0.0, max=0.95, help="Fraction off the GPU price on spot nodes (0: on demand)."),
@@ -131,6 +137,7 @@ def plan_command(
             head_price_per_hour=head_price_per_hour,
             spot_discount=spot_discount,
             off_hours_share=off_hours_share,
+            cold_start_seconds=cold_start_seconds,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -159,8 +166,14 @@ def plan_command(
     except ValueError as exc:  # the CRD's own model refused a value (time zone, start, URL)
         raise typer.BadParameter(str(exc)) from exc
 
+    volumes = sorted(
+        {*planner.ROADMAP_SCENARIOS, *([assessments_per_month] if assessments_per_month else [])}
+    )
+    compared = [
+        o for v in volumes for o in planner.options(dataclasses.replace(base, assessments_per_month=v))
+    ]
     if as_json:
-        out = {"scenarios": [p.to_dict() for p in table_plans]}
+        out = {"scenarios": [p.to_dict() for p in table_plans], "options": [o.to_dict() for o in compared]}
         if chosen:
             out["plan"] = chosen.to_dict()
             out["manifest"] = doc
@@ -207,6 +220,19 @@ def plan_command(
             f"$/month includes ${chosen.spillover_monthly_cost:,.0f} of API spillover for the "
             f"{off_hours_share:.0%} of assessments outside business hours."
         )
+    opts = Table(title="The same volumes run four ways (off-hours share and cold start as given)")
+    for col in ("N/month", "option", "$/month", "$/assessment", "GPU-h", "spilled"):
+        opts.add_column(col, justify="left" if col == "option" else "right")
+    for o in compared:
+        opts.add_row(
+            f"{o.assessments_per_month:,}",
+            o.name,
+            f"{o.monthly_cost:,.0f}",
+            f"{o.cost_per_assessment:.4f}",
+            f"{o.gpu_hours:,.0f}",
+            f"{o.spill_share:.1%}",
+        )
+    console.print(opts)
     be = table_plans[0].break_even_assessments
     console.print(
         f"Break-even against the API: {be:,} assessments/month"

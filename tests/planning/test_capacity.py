@@ -138,3 +138,51 @@ def test_invalid_plan_inputs_name_the_field() -> None:
         planner.PlanInputs(assessments_per_month=1, spot_discount=1.5)
     with pytest.raises(ValueError, match="off_hours_share"):
         planner.PlanInputs(assessments_per_month=1, off_hours_share=-0.1)
+
+
+def test_options_price_the_four_ways_to_run_one_volume() -> None:
+    i = planner.PlanInputs(assessments_per_month=100_000, off_hours_share=0.05)
+    by_name = {o.name: o for o in planner.options(i)}
+    assert list(by_name) == [
+        "always-on",
+        "scheduled+spillover",
+        "scale-to-zero+spillover",
+        "scheduled+spillover+spot",
+    ]
+    assert by_name["always-on"].monthly_cost == pytest.approx(657) and by_name["always-on"].spill_share == 0
+    spill = 0.05 * 100_000 * 0.011
+    assert by_name["scheduled+spillover"].monthly_cost == pytest.approx(264 * 0.80 + 73 + spill)
+    spot = by_name["scheduled+spillover+spot"]
+    assert spot.monthly_cost == pytest.approx(264 * 0.80 * 0.35 + 73 + spill)
+    assert spot.cost_per_assessment == pytest.approx(spot.monthly_cost / 100_000)
+
+
+def test_scale_to_zero_wakes_for_sparse_night_traffic_and_stays_up_for_dense() -> None:
+    """Off hours, a replica is billed except in the part of each gap beyond the downscale delay."""
+    off_s = (730 - 264) * 3600
+    sparse = planner.scale_to_zero(planner.PlanInputs(assessments_per_month=1_000, off_hours_share=0.05))
+    lam = 50 / off_s  # 50 night assessments: gaps of hours, each one a cold start that spills
+    wakes = 50 * math.exp(-lam * 600)
+    assert sparse.spill_share == pytest.approx(wakes * (1 + lam * 180) / 1_000)
+    assert sparse.gpu_hours == pytest.approx(264 + (off_s * (1 - math.exp(-lam * 600)) + wakes * 180) / 3600)
+    dense = planner.scale_to_zero(planner.PlanInputs(assessments_per_month=100_000, off_hours_share=0.05))
+    assert dense.spill_share < sparse.spill_share and dense.gpu_hours > 600  # up most of the night
+
+
+def test_plan_json_lists_each_option_with_its_cost_per_assessment() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from healthnav.cli import app
+
+    result = CliRunner().invoke(app, ["plan", "--assessments-per-month", "100000", "--json"])
+    assert result.exit_code == 0, result.output
+    opts = json.loads(result.output)["options"]
+    assert {o["assessmentsPerMonth"] for o in opts} == {1_000, 10_000, 100_000}
+    best = min(
+        (o for o in opts if o["assessmentsPerMonth"] == 100_000), key=lambda o: o["costPerAssessmentUsd"]
+    )
+    assert best["name"] == "scheduled+spillover+spot" and best["costPerAssessmentUsd"] == pytest.approx(
+        0.00202, abs=1e-5
+    )
